@@ -1,0 +1,1 @@
+"""Model families (currently Qwen3.5)."""

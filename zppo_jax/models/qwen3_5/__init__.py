@@ -1,0 +1,16 @@
+"""Qwen3.5 text decoder (Gated DeltaNet + gated full attention) with Hugging Face I/O.
+
+    from zppo_jax.models import qwen3_5
+    config, params = qwen3_5.load_hf_checkpoint(path, dtype=jnp.bfloat16, mesh=mesh)
+    logits = qwen3_5.forward(config, params, input_ids, attention_mask)
+    qwen3_5.save_hf_checkpoint(out_dir, config, params, source=path)
+"""
+
+from zppo_jax.models.qwen3_5.checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from zppo_jax.models.qwen3_5.config import ConfigError, Qwen3_5Config, from_hf_dict, to_hf_dict
+from zppo_jax.models.qwen3_5.config import load as load_config
+from zppo_jax.models.qwen3_5.model import Cache, apply, forward, hidden_states, init_cache, logits_from_hidden
+from zppo_jax.models.qwen3_5.params import count as param_count
+from zppo_jax.models.qwen3_5.params import init as init_params
+from zppo_jax.models.qwen3_5.params import logical_axes, param_specs
+from zppo_jax.models.qwen3_5.params import shapes as param_shapes

@@ -1,0 +1,228 @@
+"""Qwen3.5 text-model configuration, read from and written back to Hugging Face `config.json`.
+
+Two layouts exist on the Hub: text-only `Qwen3_5ForCausalLM` checkpoints (`model_type`
+"qwen3_5_text", weights under `model.*`) and the official multimodal
+`Qwen3_5ForConditionalGeneration` repositories (`model_type` "qwen3_5", the text fields
+under `text_config`, text weights under `model.language_model.*`). `Qwen3_5Config` holds the
+text fields either way and remembers the layout and the original JSON so a save can write
+the same layout back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+TEXT_MODEL_TYPE = "qwen3_5_text"
+MULTIMODAL_MODEL_TYPE = "qwen3_5"
+LAYER_TYPES = ("linear_attention", "full_attention")
+
+
+class ConfigError(ValueError):
+  """A config.json that does not describe a supported Qwen3.5 text model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3_5Config:
+  """Static shape and hyper-parameters of the text decoder (hashable: usable as a jit static arg)."""
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  num_key_value_heads: int
+  head_dim: int
+  linear_conv_kernel_dim: int
+  linear_key_head_dim: int
+  linear_value_head_dim: int
+  linear_num_key_heads: int
+  linear_num_value_heads: int
+  layer_types: tuple[str, ...]
+  rope_theta: float = 10_000.0
+  partial_rotary_factor: float = 0.25
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  attention_bias: bool = False
+  hidden_act: str = "silu"
+  max_position_embeddings: int = 32768
+  eos_token_id: tuple[int, ...] = ()
+  # "qwen3_5_text" or "qwen3_5": which Hugging Face layout the checkpoint came in.
+  layout: str = TEXT_MODEL_TYPE
+  # The original config.json, as a JSON string, so a save reproduces fields this class ignores.
+  hf_json: str = dataclasses.field(default="", compare=False, repr=False)
+
+  def __post_init__(self):
+    if len(self.layer_types) != self.num_hidden_layers:
+      raise ConfigError(
+          f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is "
+          f"{self.num_hidden_layers}")
+    bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+    if bad:
+      raise ConfigError(f"unsupported layer_types {bad}; expected only {LAYER_TYPES}")
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ConfigError(
+          f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+          f"num_key_value_heads={self.num_key_value_heads}")
+    if self.linear_num_value_heads % self.linear_num_key_heads:
+      raise ConfigError(
+          f"linear_num_value_heads={self.linear_num_value_heads} is not a multiple of "
+          f"linear_num_key_heads={self.linear_num_key_heads}")
+    if self.hidden_act != "silu":
+      raise ConfigError(f"hidden_act={self.hidden_act!r} is not supported (Qwen3.5 uses 'silu')")
+    if self.layout not in (TEXT_MODEL_TYPE, MULTIMODAL_MODEL_TYPE):
+      raise ConfigError(f"unknown layout {self.layout!r}")
+    if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+      raise ConfigError(
+          f"partial_rotary_factor={self.partial_rotary_factor} gives rotary dim "
+          f"{self.rotary_dim} for head_dim={self.head_dim}; it must be even and in (0, head_dim]")
+
+  # Derived sizes, named as in the Gated DeltaNet code of transformers.
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.head_dim * self.partial_rotary_factor)
+
+  @property
+  def linear_key_dim(self) -> int:
+    return self.linear_num_key_heads * self.linear_key_head_dim
+
+  @property
+  def linear_value_dim(self) -> int:
+    return self.linear_num_value_heads * self.linear_value_head_dim
+
+  @property
+  def linear_conv_dim(self) -> int:
+    return 2 * self.linear_key_dim + self.linear_value_dim
+
+  @property
+  def num_linear_layers(self) -> int:
+    return self.layer_types.count("linear_attention")
+
+  @property
+  def num_full_layers(self) -> int:
+    return self.layer_types.count("full_attention")
+
+  def replace(self, **changes) -> "Qwen3_5Config":
+    return dataclasses.replace(self, **changes)
+
+
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads")
+_DEFAULTS = dict(linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
+                 linear_num_key_heads=16, linear_num_value_heads=32, rms_norm_eps=1e-6,
+                 attention_bias=False, hidden_act="silu", max_position_embeddings=32768)
+
+
+def from_hf_dict(hf: dict[str, Any], source: str = "config.json") -> Qwen3_5Config:
+  """Builds the text config from a parsed Hugging Face config.json of either layout."""
+  model_type = hf.get("model_type")
+  if model_type == MULTIMODAL_MODEL_TYPE:
+    if not isinstance(hf.get("text_config"), dict):
+      raise ConfigError(f"{source}: model_type 'qwen3_5' needs a 'text_config' object")
+    text = hf["text_config"]
+    # The multimodal repos keep tie_word_embeddings at the top level.
+    tie = text.get("tie_word_embeddings", hf.get("tie_word_embeddings", False))
+  elif model_type == TEXT_MODEL_TYPE:
+    text = hf
+    tie = hf.get("tie_word_embeddings", False)
+  else:
+    raise ConfigError(
+        f"{source}: unsupported model_type {model_type!r}; expected {TEXT_MODEL_TYPE!r} "
+        f"(Qwen3_5ForCausalLM) or {MULTIMODAL_MODEL_TYPE!r} (Qwen3_5ForConditionalGeneration)")
+
+  missing = [k for k in _REQUIRED if k not in text]
+  if missing:
+    raise ConfigError(f"{source}: missing keys {missing}")
+  rope = dict(text.get("rope_parameters") or {})
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type != "default":
+    raise ConfigError(f"{source}: rope_type {rope_type!r} is not supported (only 'default')")
+  num_layers = text["num_hidden_layers"]
+  layer_types = text.get("layer_types")
+  if layer_types is None:  # Same rule as transformers: every k-th layer is full attention.
+    interval = text.get("full_attention_interval", 4)
+    layer_types = ["linear_attention" if (i + 1) % interval else "full_attention"
+                   for i in range(num_layers)]
+  eos = text.get("eos_token_id", hf.get("eos_token_id"))
+  eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+  kwargs = {k: text.get(k, d) for k, d in _DEFAULTS.items()}
+  try:
+    return Qwen3_5Config(
+        **{k: text[k] for k in _REQUIRED},
+        **kwargs,
+        head_dim=text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"],
+        layer_types=tuple(layer_types),
+        rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 10_000.0))),
+        partial_rotary_factor=float(
+            rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))),
+        tie_word_embeddings=bool(tie),
+        eos_token_id=eos,
+        layout=model_type,
+        hf_json=json.dumps(hf, sort_keys=True),
+    )
+  except ConfigError as e:
+    raise ConfigError(f"{source}: {e}") from None
+
+
+def load(path: str) -> Qwen3_5Config:
+  """Reads `config.json` from a checkpoint directory (or the file itself)."""
+  file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+  if not os.path.exists(file):
+    raise FileNotFoundError(f"no config.json at {file}")
+  with open(file) as f:
+    try:
+      hf = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{file}: not valid JSON ({e})") from None
+  return from_hf_dict(hf, source=file)
+
+
+def to_hf_dict(config: Qwen3_5Config) -> dict[str, Any]:
+  """The config.json for `config.layout`, starting from the loaded JSON when there is one."""
+  text = {
+      "model_type": TEXT_MODEL_TYPE,
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.hidden_size,
+      "intermediate_size": config.intermediate_size,
+      "num_hidden_layers": config.num_hidden_layers,
+      "num_attention_heads": config.num_attention_heads,
+      "num_key_value_heads": config.num_key_value_heads,
+      "head_dim": config.head_dim,
+      "linear_conv_kernel_dim": config.linear_conv_kernel_dim,
+      "linear_key_head_dim": config.linear_key_head_dim,
+      "linear_value_head_dim": config.linear_value_head_dim,
+      "linear_num_key_heads": config.linear_num_key_heads,
+      "linear_num_value_heads": config.linear_num_value_heads,
+      "layer_types": list(config.layer_types),
+      "rms_norm_eps": config.rms_norm_eps,
+      "tie_word_embeddings": config.tie_word_embeddings,
+      "attention_bias": config.attention_bias,
+      "hidden_act": config.hidden_act,
+      "max_position_embeddings": config.max_position_embeddings,
+  }
+  if config.eos_token_id:
+    eos = list(config.eos_token_id)
+    text["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+  original = json.loads(config.hf_json) if config.hf_json else {}
+  if config.layout == MULTIMODAL_MODEL_TYPE:
+    out = dict(original)
+    old_text = dict(out.get("text_config") or {})
+    rope = dict(old_text.get("rope_parameters") or {"rope_type": "default"})
+    old_text.pop("rope_theta", None)
+    old_text.pop("partial_rotary_factor", None)
+    old_text.pop("full_attention_interval", None)
+    rope.update(rope_theta=config.rope_theta, partial_rotary_factor=config.partial_rotary_factor)
+    out["text_config"] = {**old_text, **text, "rope_parameters": rope}
+    out["model_type"] = MULTIMODAL_MODEL_TYPE
+    out["tie_word_embeddings"] = config.tie_word_embeddings
+    out.setdefault("architectures", ["Qwen3_5ForConditionalGeneration"])
+    return out
+  out = dict(original) if original.get("model_type") == TEXT_MODEL_TYPE else {}
+  rope = dict(out.get("rope_parameters") or {"rope_type": "default"})
+  for key in ("rope_theta", "partial_rotary_factor", "full_attention_interval"):
+    out.pop(key, None)
+  rope.update(rope_theta=config.rope_theta, partial_rotary_factor=config.partial_rotary_factor)
+  out.update(text, rope_parameters=rope, architectures=["Qwen3_5ForCausalLM"])
+  return out

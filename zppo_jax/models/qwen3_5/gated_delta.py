@@ -1,0 +1,128 @@
+"""The gated delta rule of Gated DeltaNet, in the two forms Qwen3.5 needs.
+
+Per value head, with state S [d_k, d_v], decay g_t <= 0 (log space) and write strength beta_t:
+
+    S_t = exp(g_t) S_{t-1} + k_t beta_t (v_t - exp(g_t) S_{t-1}^T k_t)^T,    o_t = S_t^T q_t
+
+`chunked_gated_delta_rule` evaluates whole sequences: the intra-chunk work for all chunks is
+one batched computation (a unit-lower-triangular solve, the WY/UT form), and only the
+inter-chunk state is carried by a `lax.scan`, so the cost is linear in the length.
+`recurrent_gated_delta_rule` is the per-token form used for decoding. Both take and return
+the same state, so decoding continues from a prefill. q and k are L2-normalised here and q
+is scaled by d_k**-0.5, as in transformers (`use_qk_l2norm_in_kernel=True`). A position with
+g = 0 and beta = 0 leaves the state untouched: that is how padding is kept out.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _l2norm(x, eps=1e-6):
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def _prepare(q, k, v, g, beta):
+  """Repeats key heads to value heads (head i serves value heads i*r .. i*r+r-1), fp32, [B,H,T,.]."""
+  rep = v.shape[2] // k.shape[2]
+  q, k = jnp.repeat(q, rep, axis=2), jnp.repeat(k, rep, axis=2)
+  q, k, v, g, beta = (jnp.swapaxes(x.astype(jnp.float32), 1, 2) for x in (q, k, v, g, beta))
+  q = _l2norm(q) * (q.shape[-1] ** -0.5)
+  return q, _l2norm(k), v, g, beta
+
+
+def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size: int = 64):
+  """Whole-sequence gated delta rule.
+
+  Args:
+    q, k: [B, T, H_k, d_k]; v: [B, T, H_v, d_v] with H_v a multiple of H_k.
+    g: [B, T, H_v] log decay (<= 0); beta: [B, T, H_v] in [0, 1].
+    initial_state: [B, H_v, d_k, d_v] float32, or None for zeros.
+    chunk_size: tokens per chunk; the sequence is padded to a multiple of it.
+  Returns:
+    (out [B, T, H_v, d_v] in v's dtype, final state [B, H_v, d_k, d_v] float32).
+  """
+  out_dtype = v.dtype
+  batch, length = v.shape[:2]
+  q, k, v, g, beta = _prepare(q, k, v, g, beta)
+  heads, d_k, d_v = v.shape[1], k.shape[-1], v.shape[-1]
+  if initial_state is None:
+    initial_state = jnp.zeros((batch, heads, d_k, d_v), jnp.float32)
+
+  pad = -length % chunk_size
+  # Padded steps have g = 0 and beta = 0: they neither decay nor write the state.
+  q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
+  g, beta = (jnp.pad(x, ((0, 0), (0, 0), (0, pad))) for x in (g, beta))
+  n = (length + pad) // chunk_size
+  q, k, v = (x.reshape(batch, heads, n, chunk_size, -1) for x in (q, k, v))
+  g, beta = (x.reshape(batch, heads, n, chunk_size) for x in (g, beta))
+
+  cum = jnp.cumsum(g, axis=-1)                                 # [B,H,N,C]
+  causal = jnp.tril(jnp.ones((chunk_size, chunk_size), bool))  # j <= i
+  diff = cum[..., :, None] - cum[..., None, :]
+  decay = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)  # exp(cum_i - cum_j)
+
+  k_beta = k * beta[..., None]
+  # (I + L) [u, w] = [v beta, k beta exp(cum)], L the strictly lower part of (k_beta k^T) * decay.
+  lower = jnp.einsum("...id,...jd->...ij", k_beta, k, precision=_HI) * decay
+  lower = jnp.where(jnp.tril(jnp.ones_like(causal), -1), lower, 0.0)
+  eye = jnp.eye(chunk_size, dtype=jnp.float32)
+  rhs = jnp.concatenate([v * beta[..., None], k_beta * jnp.exp(cum)[..., None]], axis=-1)
+  solved = jax.lax.linalg.triangular_solve(
+      eye + lower, rhs, left_side=True, lower=True, unit_diagonal=True)
+  u, w = solved[..., :d_v], solved[..., d_v:]
+  intra = jnp.einsum("...id,...jd->...ij", q, k, precision=_HI) * decay
+  q_decayed = q * jnp.exp(cum)[..., None]
+  k_decayed = k * jnp.exp(cum[..., -1:] - cum)[..., None]
+  chunk_decay = jnp.exp(cum[..., -1])[..., None, None]         # [B,H,N,1,1]
+
+  def step(state, xs):
+    u_c, w_c, q_c, k_c, intra_c, decay_c = xs
+    v_new = u_c - jnp.einsum("bhck,bhkv->bhcv", w_c, state, precision=_HI)
+    out = (jnp.einsum("bhck,bhkv->bhcv", q_c, state, precision=_HI)
+           + jnp.einsum("bhij,bhjv->bhiv", intra_c, v_new, precision=_HI))
+    state = state * decay_c + jnp.einsum("bhck,bhcv->bhkv", k_c, v_new, precision=_HI)
+    return state, out
+
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u, w, q_decayed, k_decayed, intra, chunk_decay))
+  state, out = jax.lax.scan(step, initial_state.astype(jnp.float32), xs)
+  out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, n * chunk_size, d_v)[:, :, :length]
+  return jnp.swapaxes(out, 1, 2).astype(out_dtype), state
+
+
+def recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=None):
+  """Token-by-token gated delta rule (decoding); same arguments and results as the chunked form."""
+  out_dtype = v.dtype
+  batch = v.shape[0]
+  q, k, v, g, beta = _prepare(q, k, v, g, beta)
+  if initial_state is None:
+    initial_state = jnp.zeros((batch, v.shape[1], k.shape[-1], v.shape[-1]), jnp.float32)
+
+  def step(state, xs):
+    q_t, k_t, v_t, g_t, b_t = xs                                # [B,H,d] / [B,H]
+    state = state * jnp.exp(g_t)[..., None, None]
+    remembered = jnp.einsum("bhkv,bhk->bhv", state, k_t, precision=_HI)
+    state = state + k_t[..., :, None] * ((v_t - remembered) * b_t[..., None])[..., None, :]
+    return state, jnp.einsum("bhkv,bhk->bhv", state, q_t, precision=_HI)
+
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v, g, beta))
+  state, out = jax.lax.scan(step, initial_state.astype(jnp.float32), xs)
+  return jnp.moveaxis(out, 0, 1).astype(out_dtype), state
+
+
+def causal_conv1d(x, weight, state):
+  """Depthwise causal conv over time, continuing from `state` (the previous K-1 inputs).
+
+  Args:
+    x: [B, T, C]; weight: [K, C]; state: [B, K-1, C].
+  Returns:
+    [B, T, C] (no activation), and the padded input [B, K-1+T, C] for state extraction.
+  """
+  kernel = weight.shape[0]
+  length = x.shape[1]
+  padded = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+  out = sum(padded[:, j:j + length] * weight[j] for j in range(kernel))
+  return out, padded

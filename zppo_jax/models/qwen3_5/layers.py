@@ -1,0 +1,136 @@
+"""Qwen3.5 building blocks as pure functions of (params, activations).
+
+Weights are stored [in, out] (transposed from torch's Linear). Norms compute in float32
+and cast back, as transformers does, so bfloat16 runs round the same way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from zppo_jax.models.qwen3_5 import gated_delta
+from zppo_jax.models.qwen3_5.config import Qwen3_5Config
+
+
+def rms_norm(x, weight, eps):
+  """Qwen3.5's zero-centred RMSNorm: weight is stored as an offset from 1."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (x32 * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
+
+
+def gated_rms_norm(x, gate, weight, eps):
+  """RMSNorm (plain weight) then a SiLU gate: the output norm of Gated DeltaNet."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  x = weight * x32.astype(x.dtype)
+  return (x.astype(jnp.float32) * jax.nn.silu(gate.astype(jnp.float32))).astype(x.dtype)
+
+
+def mlp(p, x):
+  """SwiGLU."""
+  return (jax.nn.silu(x @ p["gate_proj"]) * (x @ p["up_proj"])) @ p["down_proj"]
+
+
+def rope(positions, config: Qwen3_5Config, dtype):
+  """cos, sin [B, T, rotary_dim] for integer positions [B, T] (text-only: the three M-RoPE
+  sections share one position, so M-RoPE reduces to plain RoPE on the rotary dims)."""
+  dim = config.rotary_dim
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _apply_rope(x, cos, sin):
+  """Rotates the first rotary_dim features of x [B, T, H, D] (rotate-half convention)."""
+  dim = cos.shape[-1]
+  rot, rest = x[..., :dim], x[..., dim:]
+  half = dim // 2
+  rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+  rot = rot * cos[:, :, None] + rotated * sin[:, :, None]
+  return jnp.concatenate([rot, rest], axis=-1)
+
+
+def _linear(x, p, name):
+  y = x @ p[name]
+  bias = p.get(name + "_bias")
+  return y if bias is None else y + bias
+
+
+def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask):
+  """Gated softmax attention with q/k RMSNorm, GQA and partial RoPE.
+
+  Args:
+    p: one layer's attention params.
+    x: [B, T, D] normed hidden states.
+    cos, sin: [B, T, rotary_dim].
+    kv_cache: None (keys are this segment's) or (keys, values, index): [B, S, H_kv, hd]
+      buffers and the slot where this segment starts.
+    kv_mask: [B, T, S] boolean, which key slots each query may see (padding and causality).
+  Returns:
+    ([B, T, D], (keys, values) as stored).
+  """
+  batch, length, _ = x.shape
+  hd, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
+  q_and_gate = _linear(x, p, "q_proj").reshape(batch, length, heads, 2 * hd)
+  q, gate = q_and_gate[..., :hd], q_and_gate[..., hd:].reshape(batch, length, heads * hd)
+  q = rms_norm(q, p["q_norm"], config.rms_norm_eps)
+  k = rms_norm(_linear(x, p, "k_proj").reshape(batch, length, kv_heads, hd), p["k_norm"],
+               config.rms_norm_eps)
+  v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
+  q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+  if kv_cache is not None:
+    keys, values, index = kv_cache
+    k = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
+    v = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
+  out = jax.nn.dot_product_attention(
+      q, k.astype(q.dtype), v.astype(q.dtype), mask=kv_mask[:, None], scale=hd ** -0.5)
+  out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
+  return _linear(out, p, "o_proj"), (k, v)
+
+
+def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_state,
+                   chunk_size: int):
+  """Gated DeltaNet token mixer.
+
+  Args:
+    p: one layer's linear-attention params.
+    x: [B, T, D] normed hidden states; mask: [B, T] bool, False at padding.
+    conv_state: [B, K-1, conv_dim], the inputs before this segment (zeros for a fresh one).
+    recurrent_state: [B, H_v, d_k, d_v] float32 or None (zeros).
+    chunk_size: chunk length of the parallel form (used when T > 1).
+  Returns:
+    ([B, T, D], new conv_state, new recurrent_state). The new conv state holds the K-1
+    inputs before the end of the last real token, so right padding does not enter it.
+  """
+  batch, length, _ = x.shape
+  x = jnp.where(mask[..., None], x, 0)
+  mixed, padded = gated_delta.causal_conv1d(x @ p["in_proj_qkv"], p["conv1d"], conv_state)
+  mixed = jax.nn.silu(mixed)
+  kd, hk, hv = config.linear_key_dim, config.linear_key_head_dim, config.linear_value_head_dim
+  q = mixed[..., :kd].reshape(batch, length, -1, hk)
+  k = mixed[..., kd:2 * kd].reshape(batch, length, -1, hk)
+  v = mixed[..., 2 * kd:].reshape(batch, length, -1, hv)
+  beta = jax.nn.sigmoid((x @ p["in_proj_b"]).astype(jnp.float32))
+  g = -jnp.exp(p["A_log"].astype(jnp.float32)) * jax.nn.softplus(
+      (x @ p["in_proj_a"]).astype(jnp.float32) + p["dt_bias"].astype(jnp.float32))
+  beta = jnp.where(mask[..., None], beta, 0.0)
+  g = jnp.where(mask[..., None], g, 0.0)
+  if length == 1:
+    core, state = gated_delta.recurrent_gated_delta_rule(q, k, v, g, beta, recurrent_state)
+  else:
+    core, state = gated_delta.chunked_gated_delta_rule(
+        q, k, v, g, beta, recurrent_state, chunk_size=chunk_size)
+  z = (x @ p["in_proj_z"]).reshape(batch, length, -1, hv)
+  core = gated_rms_norm(core, z, p["norm"], config.rms_norm_eps)
+  out = core.reshape(batch, length, -1) @ p["out_proj"]
+
+  # End of the last real token (0 when none: the old state is kept).
+  ends = jnp.max(jnp.where(mask, jnp.arange(1, length + 1), 0), axis=1)
+  window = conv_state.shape[1]
+  # Token t sits at row K-1+t of `padded`, so the K-1 inputs ending at token end-1 start at row end.
+  take = ends[:, None] + jnp.arange(window)[None, :]
+  new_conv = jnp.take_along_axis(padded, take[..., None], axis=1).astype(conv_state.dtype)
+  return out, new_conv, state

@@ -1,0 +1,197 @@
+"""Qwen3.5 causal LM forward pass over an explicit cache.
+
+`forward` is the whole-sequence pass (training, scoring). `apply` runs a segment against a
+`Cache` and returns the updated cache: a prefill is `apply` on the prompt, a decode step is
+`apply` on one token per row. Both go through `hidden_states`, which scans over blocks of
+the repeating `layer_types` pattern (for the official models, 3 Gated DeltaNet layers then 1
+full-attention layer), so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from zppo_jax.models.qwen3_5 import layers
+from zppo_jax.models.qwen3_5.config import Qwen3_5Config
+from zppo_jax.models.qwen3_5.params import FULL, LINEAR
+
+
+@struct.dataclass
+class Cache:
+  """Decoding state for a batch.
+
+  conv:      [L_linear, B, K-1, conv_dim]   last inputs of each Gated DeltaNet conv
+  recurrent: [L_linear, B, H_v, d_k, d_v]   delta-rule state, float32
+  keys, values: [L_full, B, S, H_kv, head_dim]   KV cache of the full-attention layers
+  valid:     [B, S] bool    which slots hold a real (non-padding) token
+  index:     [] int32       the next slot to write; every row writes the same slot
+  position:  [B] int32      RoPE position of each row's next real token
+
+  Memory: 2 * L_full * B * S * H_kv * head_dim * itemsize (KV)
+        + L_linear * B * ((K-1) * conv_dim * itemsize + H_v * d_k * d_v * 4) bytes.
+  A segment must fit: index + T <= S (the caller sizes S; slots past S are not written).
+  """
+  conv: jax.Array
+  recurrent: jax.Array
+  keys: jax.Array
+  values: jax.Array
+  valid: jax.Array
+  index: jax.Array
+  position: jax.Array
+
+
+def init_cache(config: Qwen3_5Config, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
+  c = config
+  return Cache(
+      conv=jnp.zeros((c.num_linear_layers, batch, c.linear_conv_kernel_dim - 1,
+                      c.linear_conv_dim), dtype),
+      recurrent=jnp.zeros((c.num_linear_layers, batch, c.linear_num_value_heads,
+                           c.linear_key_head_dim, c.linear_value_head_dim), jnp.float32),
+      keys=jnp.zeros((c.num_full_layers, batch, max_len, c.num_key_value_heads, c.head_dim),
+                     dtype),
+      values=jnp.zeros((c.num_full_layers, batch, max_len, c.num_key_value_heads, c.head_dim),
+                       dtype),
+      valid=jnp.zeros((batch, max_len), bool),
+      index=jnp.zeros((), jnp.int32),
+      position=jnp.zeros((batch,), jnp.int32),
+  )
+
+
+def _period(layer_types: tuple[str, ...]) -> int:
+  n = len(layer_types)
+  return next(p for p in range(1, n + 1)
+              if n % p == 0 and layer_types == layer_types[:p] * (n // p))
+
+
+def _blocks(tree, num_blocks):
+  """[n, ...] stacks -> [num_blocks, n / num_blocks, ...]."""
+  return jax.tree.map(
+      lambda x: x.reshape((num_blocks, x.shape[0] // num_blocks) + x.shape[1:]), tree)
+
+
+def _unblocks(tree):
+  return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)
+
+
+def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None, cache=None, *,
+                  chunk_size: int = 64, remat: bool = False):
+  """Final-norm hidden states [B, T, D] (and the new cache when one is given).
+
+  Args:
+    input_ids: [B, T] int token ids.
+    attention_mask: [B, T], 1 for real tokens, 0 for padding (left or right). Positions
+      count real tokens only, so a padded row gets the same result as the unpadded one.
+    cache: a `Cache` to continue from, or None for a fresh sequence with no cache kept.
+    chunk_size: chunk length of the chunked delta rule.
+    remat: rematerialise each layer block in the backward pass (saves activation memory).
+  """
+  c = config
+  batch, length = input_ids.shape
+  mask = (jnp.ones((batch, length), bool) if attention_mask is None
+          else attention_mask.astype(bool))
+  dtype = params["embed"].dtype
+  h = jnp.take(params["embed"], input_ids, axis=0)
+
+  start = jnp.zeros((batch,), jnp.int32) if cache is None else cache.position
+  positions = start[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  cos, sin = layers.rope(positions, c, dtype)
+  if cache is None:
+    slots = jnp.arange(length)
+    key_slots, valid = slots, mask
+  else:
+    slots = cache.index + jnp.arange(length)
+    key_slots = jnp.arange(cache.valid.shape[1])
+    valid = jax.lax.dynamic_update_slice(cache.valid, mask, (0, cache.index))
+  # Causal over slots, padding keys hidden; every query sees at least itself (no empty rows).
+  kv_mask = ((valid[:, None, :] & (key_slots[None, None, :] <= slots[None, :, None]))
+             | (key_slots[None, None, :] == slots[None, :, None]))
+
+  period = _period(c.layer_types)
+  pattern = c.layer_types[:period]
+  num_blocks = c.num_hidden_layers // period
+  if cache is None:
+    conv0 = jnp.zeros((batch, c.linear_conv_kernel_dim - 1, c.linear_conv_dim), dtype)
+    caches = {}
+  else:
+    caches = {"conv": cache.conv, "recurrent": cache.recurrent, "keys": cache.keys,
+              "values": cache.values}
+
+  def block(h, xs):
+    p_lin, p_full, blk_cache = xs
+    new_cache = {k: [] for k in blk_cache}
+    i_lin = i_full = 0
+    for layer_type in pattern:
+      if layer_type == LINEAR:
+        p = jax.tree.map(lambda x: x[i_lin], p_lin)
+        x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
+        if cache is None:
+          conv, rec = conv0, None
+        else:
+          conv, rec = blk_cache["conv"][i_lin], blk_cache["recurrent"][i_lin]
+        x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
+                                             recurrent_state=rec, chunk_size=chunk_size)
+        if cache is not None:
+          new_cache["conv"].append(conv)
+          new_cache["recurrent"].append(rec)
+        i_lin += 1
+      else:
+        p = jax.tree.map(lambda x: x[i_full], p_full)
+        x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
+        kv = None if cache is None else (blk_cache["keys"][i_full], blk_cache["values"][i_full],
+                                         cache.index)
+        x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask)
+        if cache is not None:
+          new_cache["keys"].append(k)
+          new_cache["values"].append(v)
+        i_full += 1
+      h = h + x
+      h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"], c.rms_norm_eps))
+    return h, {k: jnp.stack(v) for k, v in new_cache.items() if v}
+
+  if remat:
+    block = jax.checkpoint(block)
+  xs = (_blocks(params["linear"], num_blocks), _blocks(params["full"], num_blocks),
+        _blocks(caches, num_blocks))
+  h, new_caches = jax.lax.scan(block, h, xs)
+  h = layers.rms_norm(h, params["final_norm"], c.rms_norm_eps)
+  if cache is None:
+    return h
+  new_caches = _unblocks(new_caches)
+  new_cache = Cache(
+      conv=new_caches.get("conv", cache.conv),
+      recurrent=new_caches.get("recurrent", cache.recurrent),
+      keys=new_caches.get("keys", cache.keys),
+      values=new_caches.get("values", cache.values),
+      valid=valid,
+      index=cache.index + length,
+      position=cache.position + jnp.sum(mask, axis=1, dtype=jnp.int32))
+  return h, new_cache
+
+
+def logits_from_hidden(config: Qwen3_5Config, params, h):
+  """[..., D] -> [..., vocab] through lm_head (or the tied embedding)."""
+  if config.tie_word_embeddings:
+    return h @ params["embed"].T
+  return h @ params["lm_head"]
+
+
+def forward(config: Qwen3_5Config, params, input_ids, attention_mask=None, *,
+            chunk_size: int = 64, remat: bool = False):
+  """Logits [B, T, vocab] for whole sequences (no cache)."""
+  h = hidden_states(config, params, input_ids, attention_mask, chunk_size=chunk_size,
+                    remat=remat)
+  return logits_from_hidden(config, params, h)
+
+
+def apply(config: Qwen3_5Config, params, input_ids, attention_mask, cache: Cache, *,
+          chunk_size: int = 64):
+  """Runs a segment [B, T] against `cache`: returns (logits [B, T, vocab], new cache).
+
+  T > 1 uses the chunked delta rule (prefill), T == 1 the recurrent step (decode). Left
+  padding belongs in the first segment of a fresh cache; later segments pad on the right.
+  """
+  h, cache = hidden_states(config, params, input_ids, attention_mask, cache,
+                           chunk_size=chunk_size)
+  return logits_from_hidden(config, params, h), cache

@@ -1,0 +1,91 @@
+"""Device mesh and logical-axis sharding rules.
+
+Arrays name their dimensions with logical axes ("embed", "mlp", "vocab", ...); a table of
+rules maps each logical axis to mesh axes, as in MaxText and Tunix, so changing the
+parallelism layout is a config change and no call site names a mesh axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("heads", "tensor"),
+    ("linear_qkv", "tensor"),
+    ("linear_v", "tensor"),
+    ("linear_heads", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("head_dim", None),
+    ("conv_kernel", None),
+)
+
+
+def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = MESH_AXES,
+              devices=None) -> Mesh:
+  """A mesh over all devices (all hosts). `shape` may hold one -1, filled with what is left;
+  None puts every device on the first axis (pure data parallelism)."""
+  devices = jax.devices() if devices is None else devices
+  n = len(devices)
+  shape = [n] + [1] * (len(axis_names) - 1) if shape is None else list(shape)
+  if len(shape) != len(axis_names):
+    raise ValueError(f"mesh shape {shape} does not match axis names {tuple(axis_names)}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape} has more than one -1")
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    if n % rest:
+      raise ValueError(f"mesh shape {shape} does not divide {n} devices")
+    shape[shape.index(-1)] = n // rest
+  if math.prod(shape) != n:
+    raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, {n} are present")
+  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape),
+                       devices=devices)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=DEFAULT_RULES) -> PartitionSpec:
+  """PartitionSpec for an array of `shape` whose dims are named `axes`.
+
+  A dim whose size the mapped mesh axes do not divide is replicated instead (logged), so a
+  small model on a large mesh still places; each mesh axis is used at most once.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for name, size in zip(axes, shape):
+    if name is not None and name not in table:
+      raise KeyError(f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}")
+    target = table.get(name) if name is not None else None
+    mesh_axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    mesh_axes = tuple(a for a in mesh_axes if a in mesh.shape and a not in used)
+    ways = math.prod(mesh.shape[a] for a in mesh_axes)
+    if mesh_axes and size % ways:
+      logging.info("logical axis %s (size %d) not divisible by mesh axes %s: replicated",
+                   name, size, mesh_axes)
+      mesh_axes = ()
+    used.update(mesh_axes)
+    spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+  return PartitionSpec(*spec)
+
+
+def named_shardings(logical_tree, shape_tree, mesh: Mesh, rules=DEFAULT_RULES):
+  """Pytree of NamedSharding from a pytree of logical-axis tuples and one of arrays (or
+  jax.ShapeDtypeStruct) with the same structure."""
+  return jax.tree.map(
+      lambda axes, x: NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules)),
+      logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, tuple))
