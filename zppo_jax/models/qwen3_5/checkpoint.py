@@ -37,7 +37,6 @@ TEXT_PREFIXES = {config_lib.TEXT_MODEL_TYPE: "model.",
 # Tensors of a Qwen3.5 repository that the text model does not use (vision tower,
 # multi-token-prediction head): skipped on load, carried over on save when a source is given.
 NON_TEXT_PREFIXES = ("model.visual.", "mtp.")
-_WEIGHT_FILES = (".safetensors", INDEX_FILE, "config.json")
 
 
 class CheckpointError(ValueError):
@@ -131,6 +130,8 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
   Returns:
     (config, params), params a nested dict of jax.Arrays.
   """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   config = config_lib.load(path)
   files = _tensor_files(path)
   prefix = TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE] if any(
@@ -252,7 +253,8 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
     if source is not None:
       for name in sorted(os.listdir(source)):
         full = os.path.join(source, name)
-        if os.path.isfile(full) and not name.endswith(_WEIGHT_FILES):
+        if (os.path.isfile(full) and not name.endswith(".safetensors")
+            and name not in (INDEX_FILE, "config.json")):
           shutil.copy2(full, os.path.join(tmp, name))
     _replace_dir(tmp, path)
   except BaseException:
