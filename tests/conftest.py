@@ -53,9 +53,9 @@ def _perturb(model):
   return model
 
 
-def make_text_model(kind: str):
+def make_text_model(kind: str, **overrides):
   torch.manual_seed(0)
-  cfg = transformers.Qwen3_5TextConfig(initializer_range=0.08, **TINY[kind])
+  cfg = transformers.Qwen3_5TextConfig(initializer_range=0.08, **{**TINY[kind], **overrides})
   return _perturb(transformers.Qwen3_5ForCausalLM(cfg).eval())
 
 

@@ -6,7 +6,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
+from conftest import make_text_model
 
 from zppo_jax.models import qwen3_5
 
@@ -42,6 +44,22 @@ def test_logits_match_transformers(hf_text):
   ref = _hf_logits(model, ids)
   assert np.abs(ref).max() > 0.5  # logits large enough for the tolerance to mean something
   np.testing.assert_allclose(_forward(config, params, ids), ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("layer_type", ["linear_attention", "full_attention"])
+def test_models_of_one_layer_type(layer_type, tmp_path):
+  """No layer of the other type: its parameter and cache stacks are empty."""
+  model = make_text_model("irregular", num_hidden_layers=2, layer_types=[layer_type] * 2)
+  model.save_pretrained(tmp_path)
+  config, params = qwen3_5.load_hf_checkpoint(str(tmp_path))
+  ids = _ids(config, 2, 19)
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(ids), use_cache=False).logits.numpy()
+  np.testing.assert_allclose(_forward(config, params, ids), ref, atol=ATOL, rtol=0)
+  cache = qwen3_5.init_cache(config, batch=2, max_len=19)
+  _, cache = _apply(config, params, ids[:, :18], np.ones((2, 18)), cache)
+  logits, _ = _apply(config, params, ids[:, 18:], np.ones((2, 1)), cache)
+  np.testing.assert_allclose(logits[:, 0], ref[:, 18], atol=ATOL, rtol=0)
 
 
 def test_prefill_then_decode_equals_full_forward(hf_text):

@@ -11,6 +11,7 @@ checkpoint under the target name.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -142,8 +143,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
   by_spec: dict[tuple[str, ...], dict[int | None, str]] = {}
   for key, (spec, layer) in expected.items():
     by_spec.setdefault(spec.path, {})[layer] = key
-  cpu = jax.local_devices(backend="cpu")[0]
-  with _open_all(files.values()) as handles, jax.default_device(cpu):
+  with _open_all(files.values()) as handles, _on_host():
     _check(path, config, expected, files, handles)
     flat = {}
     for spec in param_specs(config):
@@ -153,24 +153,30 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
       else:
         target = jax.sharding.NamedSharding(
             mesh, sharding_lib.logical_to_spec(spec.stacked_axes(), shape, mesh, rules))
-      keys = by_spec[spec.path]
+      keys = by_spec.get(spec.path, {})
 
       def callback(index, spec=spec, keys=keys, shape=shape):
         index = tuple(index) + (slice(None),) * (len(shape) - len(index))
         if spec.layer_type is None:
           key = keys[None]
           return _read(handles[files[key]], key, spec, index, np_dtype)
-        layer_ids = spec.layer_indices(config)[index[0]]
-        return np.stack([_read(handles[files[keys[i]]], keys[i], spec, index[1:], np_dtype)
-                         for i in layer_ids]).reshape(
-                             (len(layer_ids),) + _block_shape(index[1:], spec.shape))
+        blocks = [_read(handles[files[keys[i]]], keys[i], spec, index[1:], np_dtype)
+                  for i in spec.layer_indices(config)[index[0]]]
+        if not blocks:  # no layer of this type in the model
+          return np.zeros((0,) + tuple(len(range(*s.indices(n)))
+                                       for s, n in zip(index[1:], spec.shape)), np_dtype)
+        return np.stack(blocks)
 
       flat[spec.path] = jax.make_array_from_callback(shape, target, callback)
   return config, traverse_util.unflatten_dict(flat)
 
 
-def _block_shape(index, shape):
-  return tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+def _on_host():
+  """Reads materialise on the host CPU, not on accelerator 0 (unless JAX_PLATFORMS hides it)."""
+  try:
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
+  except RuntimeError:
+    return contextlib.nullcontext()
 
 
 def _to_host(x) -> np.ndarray:
@@ -237,7 +243,7 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
 
   tensors = _hf_tensors(config, params, prefix)
   if source is not None and config.layout == config_lib.MULTIMODAL_MODEL_TYPE:
-    tensors = _chain(tensors, _extra_tensors(source))
+    tensors = itertools.chain(tensors, _extra_tensors(source))
   if jax.process_index() != 0:  # every process joins the gathers; one writes
     for _ in tensors:
       pass
@@ -264,14 +270,9 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
   return path
 
 
-def _chain(*iterables):
-  for it in iterables:
-    yield from it
-
-
 def _write_shards(directory: str, tensors, max_shard_bytes: int) -> list[str]:
   """Writes tensors into shards of at most max_shard_bytes (one tensor may exceed it)."""
-  shards: list[dict[str, np.ndarray]] = []
+  shards: list[list[str]] = []
   written: list[str] = []
   current: dict[str, np.ndarray] = {}
   size = 0
@@ -282,7 +283,7 @@ def _write_shards(directory: str, tensors, max_shard_bytes: int) -> list[str]:
       name = f"part-{len(written):05d}.safetensors"
       save_file(current, os.path.join(directory, name), metadata={"format": "pt"})
       written.append(name)
-      shards.append({k: None for k in current})
+      shards.append(list(current))
       current, size = {}, 0
 
   for key, array in tensors:

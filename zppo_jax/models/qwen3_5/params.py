@@ -119,18 +119,14 @@ def param_specs(config: Qwen3_5Config) -> list[ParamSpec]:
   return specs
 
 
-def _unflatten(flat: dict) -> dict:
-  return traverse_util.unflatten_dict(flat)
-
-
 def logical_axes(config: Qwen3_5Config) -> dict:
   """Pytree like params whose leaves are tuples of logical axis names."""
-  return _unflatten({s.path: s.stacked_axes() for s in param_specs(config)})
+  return traverse_util.unflatten_dict({s.path: s.stacked_axes() for s in param_specs(config)})
 
 
 def shapes(config: Qwen3_5Config, dtype=jnp.float32) -> dict:
   """Pytree like params of jax.ShapeDtypeStruct."""
-  return _unflatten({s.path: jax.ShapeDtypeStruct(s.stacked_shape(config), dtype)
+  return traverse_util.unflatten_dict({s.path: jax.ShapeDtypeStruct(s.stacked_shape(config), dtype)
                      for s in param_specs(config)})
 
 
@@ -158,5 +154,5 @@ def init(config: Qwen3_5Config, key: jax.Array, dtype=jnp.float32, std: float = 
   """Random parameters with transformers' initialisation (for from-scratch runs and tests)."""
   specs = param_specs(config)
   keys = jax.random.split(key, len(specs))
-  return _unflatten({s.path: _init_one(s, s.stacked_shape(config), k, dtype, std)
+  return traverse_util.unflatten_dict({s.path: _init_one(s, s.stacked_shape(config), k, dtype, std)
                      for s, k in zip(specs, keys)})
