@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import make_text_model
+from conftest import TINY, make_text_model
 
 from zppo_jax.models import qwen3_5
+from zppo_jax.models.qwen3_5 import layers
 
 ATOL = 1e-4
 
@@ -60,6 +61,32 @@ def test_models_of_one_layer_type(layer_type, tmp_path):
   _, cache = _apply(config, params, ids[:, :18], np.ones((2, 18)), cache)
   logits, _ = _apply(config, params, ids[:, 18:], np.ones((2, 1)), cache)
   np.testing.assert_allclose(logits[:, 0], ref[:, 18], atol=ATOL, rtol=0)
+
+
+def test_long_sequence_spans_several_query_blocks(hf_text):
+  model, path = hf_text
+  config, params = qwen3_5.load_hf_checkpoint(path)
+  ids = _ids(config, 1, 2 * layers.QUERY_BLOCK + 37, seed=5)
+  # Over 1000 tokens float32 sums in a different order drift slightly more: a relative term.
+  np.testing.assert_allclose(_forward(config, params, ids, chunk_size=64), _hf_logits(model, ids),
+                             atol=ATOL, rtol=1e-3)
+
+
+def test_query_blocks_do_not_change_attention():
+  config = qwen3_5.from_hf_dict(dict(TINY["periodic"], model_type="qwen3_5_text"))
+  p = jax.tree.map(lambda x: x[0], qwen3_5.init_params(config, jax.random.key(0), std=0.2)["full"])
+  x = jax.random.normal(jax.random.key(1), (2, 21, config.hidden_size))
+  cos, sin = layers.rope(jnp.arange(21)[None], config, jnp.float32)
+  causal = jnp.tril(jnp.ones((21, 21), bool))[None].repeat(2, 0)
+  causal = causal.at[1, :, :4].set(False) | jnp.eye(21, dtype=bool)  # padding in one row
+  cached = (jnp.zeros((2, 30, config.num_key_value_heads, config.head_dim)),) * 2 + (3,)
+  cache_mask = jnp.zeros((2, 21, 30), bool).at[:, :, 3:24].set(causal)
+  for kv_cache, mask in ((None, causal), (cached, cache_mask)):
+    ref, _ = layers.full_attention(p, x, cos, sin, config, kv_cache=kv_cache, kv_mask=mask,
+                                   query_block=1000)
+    out, _ = layers.full_attention(p, x, cos, sin, config, kv_cache=kv_cache, kv_mask=mask,
+                                   query_block=8)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
 
 
 def test_prefill_then_decode_equals_full_forward(hf_text):

@@ -13,6 +13,10 @@ from zppo_jax.models.qwen3_5 import gated_delta
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 
 
+# Queries per block of full attention (see `full_attention`).
+QUERY_BLOCK = 512
+
+
 def rms_norm(x, weight, eps):
   """Qwen3.5's zero-centred RMSNorm: weight is stored as an offset from 1."""
   x32 = x.astype(jnp.float32)
@@ -59,7 +63,8 @@ def _linear(x, p, name):
   return y if bias is None else y + bias
 
 
-def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask):
+def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
+                   query_block: int = QUERY_BLOCK):
   """Gated softmax attention with q/k RMSNorm, GQA and partial RoPE.
 
   Args:
@@ -69,6 +74,7 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask):
     kv_cache: None (keys are this segment's) or (keys, values, index): [B, S, H_kv, hd]
       buffers and the slot where this segment starts.
     kv_mask: [B, T, S] boolean, which key slots each query may see (padding and causality).
+    query_block: queries per block; the score tensor is [B, H, query_block, S] at most.
   Returns:
     ([B, T, D], (keys, values) as stored).
   """
@@ -85,8 +91,17 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask):
     keys, values, index = kv_cache
     k = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
     v = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
-  out = jax.nn.dot_product_attention(
-      q, k.astype(q.dtype), v.astype(q.dtype), mask=kv_mask[:, None], scale=hd ** -0.5)
+  k_all, v_all = k.astype(q.dtype), v.astype(q.dtype)
+  outs = []
+  # Query blocks bound the score tensor to [B, H, block, S]; without a cache the keys are this
+  # segment's, so a block needs only the keys up to its own end (causal skipping).
+  for start in range(0, length, query_block):
+    end = min(start + query_block, length)
+    keys_end = end if kv_cache is None else k_all.shape[1]
+    outs.append(jax.nn.dot_product_attention(
+        q[:, start:end], k_all[:, :keys_end], v_all[:, :keys_end],
+        mask=kv_mask[:, None, start:end, :keys_end], scale=hd ** -0.5))
+  out = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
   out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
   return _linear(out, p, "o_proj"), (k, v)
 
