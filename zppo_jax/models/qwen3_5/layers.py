@@ -101,7 +101,7 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
     outs.append(jax.nn.dot_product_attention(
         q[:, start:end], k_all[:, :keys_end], v_all[:, :keys_end],
         mask=kv_mask[:, None, start:end, :keys_end], scale=hd ** -0.5))
-  out = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+  out = jnp.concatenate(outs, axis=1)
   out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
   return _linear(out, p, "o_proj"), (k, v)
 
