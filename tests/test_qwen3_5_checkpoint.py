@@ -20,8 +20,11 @@ def _ids(vocab, seed=0):
   return np.random.RandomState(seed).randint(0, vocab, (2, 21))
 
 
+_forward = jax.jit(qwen3_5.forward, static_argnums=0)  # one jitted program for every test
+
+
 def _logits(config, params, ids):
-  return np.asarray(jax.jit(qwen3_5.forward, static_argnums=0)(config, params, ids))
+  return np.asarray(_forward(config, params, ids))
 
 
 def _hf(model, ids):
