@@ -13,4 +13,3 @@ from zppo_jax.models.qwen3_5.model import Cache, apply, forward, hidden_states, 
 from zppo_jax.models.qwen3_5.params import count as param_count
 from zppo_jax.models.qwen3_5.params import init as init_params
 from zppo_jax.models.qwen3_5.params import logical_axes, param_specs
-from zppo_jax.models.qwen3_5.params import shapes as param_shapes

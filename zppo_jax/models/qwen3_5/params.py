@@ -124,12 +124,6 @@ def logical_axes(config: Qwen3_5Config) -> dict:
   return traverse_util.unflatten_dict({s.path: s.stacked_axes() for s in param_specs(config)})
 
 
-def shapes(config: Qwen3_5Config, dtype=jnp.float32) -> dict:
-  """Pytree like params of jax.ShapeDtypeStruct."""
-  return traverse_util.unflatten_dict({s.path: jax.ShapeDtypeStruct(s.stacked_shape(config), dtype)
-                     for s in param_specs(config)})
-
-
 def count(config: Qwen3_5Config) -> int:
   """Number of text-model parameters (embeddings counted once when tied)."""
   return sum(math.prod(s.stacked_shape(config)) for s in param_specs(config))
