@@ -1,5 +1,6 @@
 """The two forms of the gated delta rule agree with each other and with transformers'."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -53,3 +54,12 @@ def test_zero_gate_and_beta_leave_state_untouched():
   beta[:] = 0.0
   _, new_state = gated_delta.chunked_gated_delta_rule(q, k, v, g, beta, state, chunk_size=4)
   np.testing.assert_allclose(new_state, state, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 7, 16, 64])
+def test_unit_lower_inverse(size):
+  """Blocked inversion of I + strictly-lower, also for sizes that are not powers of two."""
+  lower = np.tril(np.random.RandomState(size).randn(3, 2, size, size) * 0.5, -1)
+  inv = gated_delta.unit_lower_inverse(jnp.asarray(lower, jnp.float32))
+  ref = np.linalg.inv(np.eye(size) + lower)
+  np.testing.assert_allclose(inv, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)

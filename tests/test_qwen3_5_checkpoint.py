@@ -91,7 +91,7 @@ def test_multi_shard_checkpoint_loads(hf_text, tmp_path):
 
 
 def test_load_onto_mesh_places_shards(hf_text):
-  _, path = hf_text
+  model, path = hf_text
   mesh = sharding.make_mesh((1, 2, 2))
   config, params = qwen3_5.load_hf_checkpoint(path, mesh=mesh)
   _, plain = qwen3_5.load_hf_checkpoint(path)
@@ -104,6 +104,8 @@ def test_load_onto_mesh_places_shards(hf_text):
   assert spec[1] == "fsdp" and spec[0] == ("tensor" if config.vocab_size % 2 == 0 else None)
   assert embed.addressable_shards[0].data.shape[1] == config.hidden_size // 2
   jax.tree.map(np.testing.assert_array_equal, params, plain)
+  ids = _ids(config.vocab_size, seed=4)
+  np.testing.assert_allclose(_logits(config, params, ids), _hf(model, ids), atol=1e-4, rtol=0)
 
 
 # --- errors -----------------------------------------------------------------------------

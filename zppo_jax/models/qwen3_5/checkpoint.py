@@ -30,6 +30,7 @@ from zppo_jax import sharding as sharding_lib
 from zppo_jax.models.qwen3_5 import config as config_lib
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 from zppo_jax.models.qwen3_5.params import ParamSpec, param_specs
+from zppo_jax.models.qwen3_5.params import shardings as param_shardings
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -146,13 +147,12 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
   with _open_all(files.values()) as handles, _on_host():
     _check(path, config, expected, files, handles)
     flat = {}
+    targets = None if mesh is None else traverse_util.flatten_dict(
+        param_shardings(config, mesh, rules))
     for spec in param_specs(config):
       shape = spec.stacked_shape(config)
-      if mesh is None:
-        target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      else:
-        target = jax.sharding.NamedSharding(
-            mesh, sharding_lib.logical_to_spec(spec.stacked_axes(), shape, mesh, rules))
+      target = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
+                else targets[spec.path])
       keys = by_spec.get(spec.path, {})
 
       def callback(index, spec=spec, keys=keys, shape=shape):

@@ -5,7 +5,7 @@ Per value head, with state S [d_k, d_v], decay g_t <= 0 (log space) and write st
     S_t = exp(g_t) S_{t-1} + k_t beta_t (v_t - exp(g_t) S_{t-1}^T k_t)^T,    o_t = S_t^T q_t
 
 `chunked_gated_delta_rule` evaluates whole sequences: the intra-chunk work for all chunks is
-one batched computation (a unit-lower-triangular solve, the WY/UT form), and only the
+one batched computation (a unit-lower-triangular inverse, the WY/UT form), and only the
 inter-chunk state is carried by a `lax.scan`, so the cost is linear in the length.
 `recurrent_gated_delta_rule` is the per-token form used for decoding. Both take and return
 the same state, so decoding continues from a prefill. q and k are L2-normalised here and q
@@ -32,6 +32,34 @@ def _prepare(q, k, v, g, beta):
   q, k, v, g, beta = (jnp.swapaxes(x.astype(jnp.float32), 1, 2) for x in (q, k, v, g, beta))
   q = _l2norm(q) * (q.shape[-1] ** -0.5)
   return q, _l2norm(k), v, g, beta
+
+
+def unit_lower_inverse(lower):
+  """(I + lower)^-1 for strictly lower-triangular `lower` [..., C, C], by blocked recursive
+  inversion: diagonal blocks of size s are inverted, then pairs of them merged with
+      [[A, 0], [C, B]]^-1 = [[A^-1, 0], [-B^-1 C A^-1, B^-1]],
+  doubling s up to C. log2(C) rounds of batched matmuls, no sequential loop and no
+  triangular-solve custom call (whose CPU kernel can deadlock when several devices share the
+  host's thread pool)."""
+  size = lower.shape[-1]
+  full = 1 << max(size - 1, 0).bit_length()
+  lead = lower.shape[:-2]
+  if full != size:  # pad to a power of two with identity rows: the inverse keeps its corner
+    lower = jnp.pad(lower, [(0, 0)] * len(lead) + [(0, full - size)] * 2)
+  inv = jnp.ones(lead + (full, 1, 1), lower.dtype)  # inverses of the 1x1 diagonal blocks
+  block = 1
+  while block < full:
+    count = full // (2 * block)
+    # The strictly lower off-diagonal block C of each diagonal block of size 2*block.
+    tiles = lower.reshape(lead + (count, 2 * block, count, 2 * block))
+    diag = jnp.moveaxis(jnp.diagonal(tiles, axis1=-4, axis2=-2), -1, -3)
+    c = diag[..., block:, :block]
+    a_inv, b_inv = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+    corner = -jnp.einsum("...ij,...jk,...kl->...il", b_inv, c, a_inv, precision=_HI)
+    top = jnp.concatenate([a_inv, jnp.zeros_like(a_inv)], axis=-1)
+    inv = jnp.concatenate([top, jnp.concatenate([corner, b_inv], axis=-1)], axis=-2)
+    block *= 2
+  return inv[..., 0, :size, :size]
 
 
 def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size: int = 64):
@@ -69,10 +97,8 @@ def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size: i
   # (I + L) [u, w] = [v beta, k beta exp(cum)], L the strictly lower part of (k_beta k^T) * decay.
   lower = jnp.einsum("...id,...jd->...ij", k_beta, k, precision=_HI) * decay
   lower = jnp.where(jnp.tril(jnp.ones_like(causal), -1), lower, 0.0)
-  eye = jnp.eye(chunk_size, dtype=jnp.float32)
   rhs = jnp.concatenate([v * beta[..., None], k_beta * jnp.exp(cum)[..., None]], axis=-1)
-  solved = jax.lax.linalg.triangular_solve(
-      eye + lower, rhs, left_side=True, lower=True, unit_diagonal=True)
+  solved = jnp.einsum("...ij,...jd->...id", unit_lower_inverse(lower), rhs, precision=_HI)
   u, w = solved[..., :d_v], solved[..., d_v:]
   intra = jnp.einsum("...id,...jd->...ij", q, k, precision=_HI) * decay
   q_decayed = q * jnp.exp(cum)[..., None]

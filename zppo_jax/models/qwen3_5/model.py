@@ -59,6 +59,16 @@ def init_cache(config: Qwen3_5Config, batch: int, max_len: int, dtype=jnp.float3
   )
 
 
+# Logical axis names of each `Cache` field, to shard it like the params: rows over the batch
+# axes, heads over the tensor axis, slots and state dims whole.
+CACHE_LOGICAL_AXES = Cache(
+    conv=("layers", "batch", None, "linear_qkv"),
+    recurrent=("layers", "batch", "linear_heads", None, None),
+    keys=("layers", "batch", None, "kv_heads", "head_dim"),
+    values=("layers", "batch", None, "kv_heads", "head_dim"),
+    valid=("batch", None), index=(), position=("batch",))
+
+
 def _period(layer_types: tuple[str, ...]) -> int:
   n = len(layer_types)
   return next(p for p in range(1, n + 1)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from zppo_jax import sharding as sharding_lib
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 
 LINEAR, FULL = "linear_attention", "full_attention"
@@ -122,6 +123,16 @@ def param_specs(config: Qwen3_5Config) -> list[ParamSpec]:
 def logical_axes(config: Qwen3_5Config) -> dict:
   """Pytree like params whose leaves are tuples of logical axis names."""
   return traverse_util.unflatten_dict({s.path: s.stacked_axes() for s in param_specs(config)})
+
+
+def shardings(config: Qwen3_5Config, mesh, rules=sharding_lib.DEFAULT_RULES) -> dict:
+  """Pytree like params of the NamedSharding each parameter gets on `mesh`: what
+  `load_hf_checkpoint` places and what jitted functions declare as their in_shardings."""
+  return traverse_util.unflatten_dict({
+      s.path: jax.sharding.NamedSharding(
+          mesh, sharding_lib.logical_to_spec(s.stacked_axes(), s.stacked_shape(config), mesh,
+                                             rules))
+      for s in param_specs(config)})
 
 
 def count(config: Qwen3_5Config) -> int:

@@ -1,0 +1,343 @@
+"""In-process sampler for Qwen3.5: one jitted prefill, then one jitted decode loop.
+
+Rollouts run inside the training process on the params the train step updates (sharded or
+not), so there is no server and no weight copy. A call pads its prompts on the left to a
+length bucket and its batch to a batch bucket, and the loop length to a bucket of new
+tokens; prompts of new lengths inside a bucket reuse the compiled programs
+(`Sampler.compile_count` counts the traces). Sampling settings other than `top_k`, greedy or
+not, and whether top-p filters at all are traced values, so changing them does not
+recompile either.
+
+    from zppo_jax import sampler
+    out = sampler.generate(config, params, prompts, max_new_tokens=256, temperature=1.0,
+                           num_samples=8, seed=0, stop_token_ids=(248046, 248044))
+    out.tokens, out.logprobs, out.finish_reason
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from zppo_jax import sharding as sharding_lib
+from zppo_jax.models import qwen3_5
+
+STOP, LENGTH = "stop", "length"
+
+
+@dataclasses.dataclass(frozen=True)
+class Completions:
+  """What `generate` returns: one row per (prompt, sample), prompt-major (the samples of
+  prompt i are rows i*num_samples ... i*num_samples + num_samples - 1), completions only.
+
+  tokens: sampled ids; a stop token, when one ends the row, is the last id.
+  logprobs: log-probability of each sampled token under the temperature-scaled policy
+    log_softmax(logits / temperature) (temperature 1 when greedy), before top-k/top-p
+    truncation: a train step that divides its logits by the same temperature reproduces them.
+  finish_reason: "stop" (ended with a stop token) or "length" (hit max_new_tokens).
+  """
+  tokens: list[list[int]]
+  logprobs: list[list[float]]
+  finish_reason: list[str]
+
+
+def bucket(n: int, minimum: int, buckets: Sequence[int] | None = None, what: str = "length"):
+  """The smallest bucket holding n: from `buckets` if given, else a power of two >= minimum."""
+  if buckets:
+    for b in sorted(buckets):
+      if b >= n:
+        return b
+    raise ValueError(f"{what} {n} exceeds the largest bucket {max(buckets)}")
+  return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def sample_tokens(logits, keys, temperature, top_p, *, top_k: int = 0,
+                  filter_top_p: bool = False, greedy: bool = False):
+  """Draws one token per row.
+
+  Args:
+    logits: [N, V] float32.
+    keys: [N] PRNG keys, one per row, so a row's draw does not depend on the other rows.
+    temperature, top_p: scalars (traced); top-p keeps the smallest set of most likely tokens
+      whose probability reaches top_p (as transformers' TopPLogitsWarper), after top-k.
+    top_k: keep the k most likely tokens (0: all). Static: it is a shape.
+    filter_top_p: apply top_p at all (static: it needs a sort of the kept tokens).
+    greedy: argmax (temperature, top-k and top-p are ignored).
+  Returns:
+    (tokens [N] int32, logprobs [N] float32), logprobs as described in `Completions`.
+  """
+  if greedy:
+    tokens = jnp.argmax(logits, axis=-1)
+    logp = jax.nn.log_softmax(logits)
+  else:
+    scaled = logits / temperature
+    logp = jax.nn.log_softmax(scaled)
+    if top_k or filter_top_p:
+      k = min(top_k, logits.shape[-1]) if top_k else logits.shape[-1]
+      vals, idx = jax.lax.top_k(scaled, k)
+      if filter_top_p:
+        probs = jax.nn.softmax(vals)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        vals = jnp.where(mass_before < top_p, vals, -jnp.inf)
+      choice = jax.vmap(jax.random.categorical)(keys, vals)
+      tokens = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
+    else:
+      tokens = jax.vmap(jax.random.categorical)(keys, scaled)
+  tokens = tokens.astype(jnp.int32)
+  return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+class Sampler:
+  """Compiled generation for one model config (and mesh); the trainer keeps one per model.
+
+  A call with P prompts of at most T tokens, n samples each and m new tokens runs on
+  B = bucket(P) prompt rows (a power of two, a multiple of the batch shards), N = B·n sample
+  rows, and a cache of S = bucket(T) + bucket(m) slots in the params' dtype:
+
+      2·L_full·N·S·H_kv·head_dim·itemsize             KV cache of the full-attention layers
+    + L_linear·N·((K−1)·conv_dim·itemsize + H_v·d_k·d_v·4)   conv and delta-rule state
+
+  (`cache_bytes` evaluates it), plus the prefill's activations for B·bucket(T) tokens and
+  [N, vocab] float32 logits per step. The prefill runs once per prompt; its cache is
+  repeated n times, not recomputed.
+  """
+
+  def __init__(self, config: qwen3_5.Qwen3_5Config, *, mesh=None,
+               rules=sharding_lib.DEFAULT_RULES, prompt_buckets: Sequence[int] | None = None,
+               min_prompt_bucket: int = 16, min_new_bucket: int = 16, chunk_size: int = 64):
+    self.config = config
+    self.mesh = mesh
+    self.rules = rules
+    self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
+    self.min_prompt_bucket = min_prompt_bucket
+    self.min_new_bucket = min_new_bucket
+    self.chunk_size = chunk_size
+    self.compile_count = 0  # traces of the prefill and decode programs
+    self._programs: dict = {}
+    if mesh is None:
+      self.batch_shards = 1
+    else:
+      target = dict(rules).get("batch") or ()
+      target = (target,) if isinstance(target, str) else target
+      self.batch_shards = math.prod(mesh.shape[a] for a in target if a in mesh.shape)
+      self._param_shardings = qwen3_5.param_shardings(config, mesh, rules)
+
+  # -- sizes ---------------------------------------------------------------------------------
+
+  def shapes(self, num_prompts: int, prompt_len: int, max_new_tokens: int):
+    """(prompt rows B, prompt slots, new-token slots) that a call of these sizes runs with."""
+    rows = bucket(num_prompts, 1, what="batch")
+    rows = -(-rows // self.batch_shards) * self.batch_shards
+    return (rows, bucket(prompt_len, self.min_prompt_bucket, self.prompt_buckets, "prompt length"),
+            bucket(max_new_tokens, self.min_new_bucket, what="max_new_tokens"))
+
+  def cache_bytes(self, num_prompts: int, prompt_len: int, max_new_tokens: int,
+                  num_samples: int = 1, dtype=jnp.bfloat16) -> int:
+    rows, t, m = self.shapes(num_prompts, prompt_len, max_new_tokens)
+    cache = jax.eval_shape(lambda: qwen3_5.init_cache(self.config, rows * num_samples, t + m,
+                                                      dtype))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+
+  # -- sharding helpers ----------------------------------------------------------------------
+
+  def _sharding(self, axes, shape):
+    return NamedSharding(self.mesh, sharding_lib.logical_to_spec(axes, shape, self.mesh,
+                                                                 self.rules))
+
+  def _put(self, x: np.ndarray, axes):
+    """Host array -> device array sharded by logical `axes` (each host passes the same global
+    array; each device takes its own block)."""
+    if self.mesh is None:
+      return jnp.asarray(x)
+    sharding = self._sharding(axes, x.shape)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  # -- programs ------------------------------------------------------------------------------
+
+  def _prefill_program(self, rows, prompt_slots, new_slots, num_samples, dtype):
+    key = ("prefill", rows, prompt_slots, new_slots, num_samples, jnp.dtype(dtype).name)
+    if key in self._programs:
+      return self._programs[key]
+    c = self.config
+    slots = prompt_slots + new_slots
+
+    def prefill(params, ids, mask):
+      """Left-padded prompts [B, T] -> (cache for N = B·n rows, next-token logits [N, V])."""
+      self.compile_count += 1
+      cache = qwen3_5.init_cache(c, rows, slots, dtype)
+      h, cache = qwen3_5.hidden_states(c, params, ids, mask, cache, chunk_size=self.chunk_size)
+      logits = qwen3_5.logits_from_hidden(c, params, h[:, -1]).astype(jnp.float32)
+      repeat = lambda axes, x: jnp.repeat(x, num_samples, axis=axes.index("batch")) if (
+          "batch" in axes) else x
+      cache = jax.tree.map(repeat, qwen3_5.CACHE_LOGICAL_AXES, cache,
+                           is_leaf=lambda x: isinstance(x, tuple))
+      return cache, jnp.repeat(logits, num_samples, axis=0)
+
+    if self.mesh is None:
+      program = jax.jit(prefill)
+    else:
+      n = rows * num_samples
+      program = jax.jit(
+          prefill,
+          in_shardings=(self._param_shardings,
+                        self._sharding(("batch", None), (rows, prompt_slots)),
+                        self._sharding(("batch", None), (rows, prompt_slots))),
+          out_shardings=(self._cache_shardings(n, slots, dtype),
+                         self._sharding(("batch", "vocab"), (n, c.vocab_size))))
+    self._programs[key] = program
+    return program
+
+  def _cache_shardings(self, rows, slots, dtype):
+    shape = jax.eval_shape(lambda: qwen3_5.init_cache(self.config, rows, slots, dtype))
+    return sharding_lib.named_shardings(qwen3_5.CACHE_LOGICAL_AXES, shape, self.mesh,
+                                        self.rules)
+
+  def _decode_program(self, rows, prompt_slots, new_slots, num_samples, dtype, stop_slots,
+                      top_k, filter_top_p, greedy):
+    key = ("decode", rows, prompt_slots, new_slots, num_samples, jnp.dtype(dtype).name,
+           stop_slots, top_k, filter_top_p, greedy)
+    if key in self._programs:
+      return self._programs[key]
+    c = self.config
+    n = rows * num_samples
+    pick = functools.partial(sample_tokens, top_k=top_k, filter_top_p=filter_top_p,
+                             greedy=greedy)
+
+    def decode(params, cache, logits, live, seed, temperature, top_p, max_new, stop_ids):
+      """Samples up to max_new tokens per row; stops early once every row is done."""
+      self.compile_count += 1
+      row = jnp.arange(n)
+      base = jax.random.key(seed)
+      row_keys = jax.vmap(lambda r: jax.random.fold_in(
+          jax.random.fold_in(base, r // num_samples), r % num_samples))(row)
+      step_keys = lambda step: jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+      is_stop = lambda tok: jnp.any(tok[:, None] == stop_ids[None, :], axis=1)
+
+      tok, lp = pick(logits, step_keys(0), temperature, top_p)
+      tokens = jnp.zeros((n, new_slots), jnp.int32).at[:, 0].set(jnp.where(live, tok, 0))
+      logprobs = jnp.zeros((n, new_slots), jnp.float32).at[:, 0].set(jnp.where(live, lp, 0.0))
+      stopped = live & is_stop(tok)
+      state = (jnp.int32(1), cache, tok, ~live | stopped, tokens, logprobs,
+               live.astype(jnp.int32), stopped)
+
+      def cond(state):
+        step, _, _, done, *_ = state
+        return (step < max_new) & ~jnp.all(done)
+
+      def body(state):
+        step, cache, tok, done, tokens, logprobs, lengths, stopped = state
+        active = ~done
+        logits, cache = qwen3_5.apply(c, params, tok[:, None], active[:, None], cache,
+                                      chunk_size=self.chunk_size)
+        new, lp = pick(logits[:, 0].astype(jnp.float32), step_keys(step), temperature, top_p)
+        tokens = jax.lax.dynamic_update_slice(tokens, jnp.where(active, new, 0)[:, None],
+                                              (0, step))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(active, lp, 0.0)[:, None],
+                                                (0, step))
+        hit = active & is_stop(new)
+        return (step + 1, cache, jnp.where(active, new, tok), done | hit, tokens, logprobs,
+                lengths + active, stopped | hit)
+
+      _, cache, _, _, tokens, logprobs, lengths, stopped = jax.lax.while_loop(cond, body, state)
+      # The cache goes out too, so the donated input buffers alias it and the loop updates the
+      # cache in place instead of holding a second copy.
+      return (tokens, logprobs, lengths, stopped), cache
+
+    if self.mesh is None:
+      program = jax.jit(decode, donate_argnums=1)
+    else:
+      replicated = NamedSharding(self.mesh, PartitionSpec())
+      cache_shardings = self._cache_shardings(n, prompt_slots + new_slots, dtype)
+      program = jax.jit(
+          decode, donate_argnums=1,
+          in_shardings=(self._param_shardings, cache_shardings,
+                        self._sharding(("batch", "vocab"), (n, c.vocab_size)),
+                        self._sharding(("batch",), (n,))) + (replicated,) * 5,
+          # Small outputs, replicated so that every host can read all rows.
+          out_shardings=(replicated, cache_shardings))
+    self._programs[key] = program
+    return program
+
+  # -- the call ------------------------------------------------------------------------------
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               num_samples: int = 1, seed: int = 0,
+               stop_token_ids: Sequence[int] = ()) -> Completions:
+    """Samples `num_samples` completions of each prompt (see `Completions`).
+
+    temperature 0 means greedy. The same seed and inputs give the same completions, and a
+    row's samples depend only on (seed, prompt index, sample index), not on the batch size
+    or the padding.
+    """
+    c = self.config
+    _check_prompts(prompts, c.vocab_size)
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if temperature < 0:
+      raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+
+    rows, prompt_slots, new_slots = self.shapes(len(prompts), max(map(len, prompts)),
+                                                max_new_tokens)
+    ids = np.zeros((rows, prompt_slots), np.int32)
+    mask = np.zeros((rows, prompt_slots), np.int32)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends at the last slot
+      ids[i, prompt_slots - len(p):] = p
+      mask[i, prompt_slots - len(p):] = 1
+    live = np.repeat(np.arange(rows) < len(prompts), num_samples)
+    stops = np.full((bucket(len(stop_token_ids), 8),), -1, np.int32)
+    stops[:len(stop_token_ids)] = stop_token_ids
+
+    dtype = params["embed"].dtype
+    if self.mesh is not None:
+      params = jax.device_put(params, self._param_shardings)  # no-op when already placed
+    prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype)
+    cache, logits = prefill(params, self._put(ids, ("batch", None)),
+                            self._put(mask, ("batch", None)))
+    decode = self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype, len(stops),
+                                  top_k, top_p < 1.0, temperature == 0)
+    out, _ = decode(params, cache, logits, self._put(live, ("batch",)), np.uint32(seed),
+                 np.float32(temperature or 1.0), np.float32(top_p), np.int32(max_new_tokens),
+                 stops)
+    tokens, logprobs, lengths, stopped = jax.device_get(out)
+    total = len(prompts) * num_samples
+    return Completions(
+        tokens=[tokens[r, :lengths[r]].tolist() for r in range(total)],
+        logprobs=[logprobs[r, :lengths[r]].tolist() for r in range(total)],
+        finish_reason=[STOP if stopped[r] else LENGTH for r in range(total)])
+
+
+def _check_prompts(prompts, vocab_size):
+  if not len(prompts):
+    raise ValueError("prompts is empty")
+  for i, p in enumerate(prompts):
+    if not len(p):
+      raise ValueError(f"prompt {i} is empty")
+    bad = [t for t in p if not 0 <= int(t) < vocab_size]
+    if bad:
+      raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_sampler(config, mesh):
+  return Sampler(config, mesh=mesh)
+
+
+def generate(config: qwen3_5.Qwen3_5Config, params, prompts: Sequence[Sequence[int]], *,
+             mesh=None, **kwargs) -> Completions:
+  """`Sampler.generate` on a sampler shared per (config, mesh), so repeated calls reuse its
+  compiled programs. Keyword arguments as `Sampler.generate`."""
+  return _shared_sampler(config, mesh).generate(params, prompts, **kwargs)
