@@ -13,36 +13,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import sys
-import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
+from common import BENCH_CONFIG, bench_model, best_time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from zppo_jax.models import qwen3_5  # noqa: E402
-from zppo_jax.models.qwen3_5 import gated_delta  # noqa: E402
-
-BENCH_CONFIG = dict(
-    vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=8,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=64, linear_conv_kernel_dim=4,
-    linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
-    linear_num_value_heads=4, tie_word_embeddings=False)
-
-
-def _time(fn, repeats):
-  fn()  # warm-up (and compilation for JAX)
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
+from zppo_jax.models import qwen3_5
+from zppo_jax.models.qwen3_5 import gated_delta
 
 
 def main():
@@ -54,11 +33,7 @@ def main():
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   lengths = [int(x) for x in args.lengths.split(",")]
-  torch.manual_seed(0)
-  model = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**BENCH_CONFIG)).eval()
-  with tempfile.TemporaryDirectory() as tmp:
-    model.save_pretrained(tmp)
-    config, params = qwen3_5.load_hf_checkpoint(tmp)
+  model, config, params = bench_model()
   forward = jax.jit(functools.partial(qwen3_5.forward, chunk_size=args.chunk_size),
                     static_argnums=0)
   delta = jax.jit(functools.partial(gated_delta.chunked_gated_delta_rule,
@@ -68,15 +43,15 @@ def main():
   for length in lengths:
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (args.batch, length))
     ids_jax, ids_torch = jnp.asarray(ids), torch.tensor(ids)
-    t_jax = _time(lambda: forward(config, params, ids_jax).block_until_ready(), args.repeats)
+    t_jax = best_time(lambda: forward(config, params, ids_jax).block_until_ready(), args.repeats)
     with torch.no_grad():
-      t_hf = _time(lambda: model(input_ids=ids_torch).logits, args.repeats)
+      t_hf = best_time(lambda: model(input_ids=ids_torch).logits, args.repeats)
     b, h, d = args.batch, config.linear_num_value_heads, config.linear_value_head_dim
     rng = np.random.RandomState(1)
     qkv = [jnp.asarray(rng.randn(b, length, h, d), jnp.float32) for _ in range(3)]
     g = -jnp.abs(jnp.asarray(rng.randn(b, length, h), jnp.float32))
     beta = jax.nn.sigmoid(jnp.asarray(rng.randn(b, length, h), jnp.float32))
-    t_delta = _time(lambda: delta(*qkv, g, beta)[0].block_until_ready(), args.repeats)
+    t_delta = best_time(lambda: delta(*qkv, g, beta)[0].block_until_ready(), args.repeats)
     tokens = args.batch * length
     rows.append(dict(T=length, jax_tok_s=tokens / t_jax, hf_tok_s=tokens / t_hf,
                      speedup=t_hf / t_jax, delta_us_per_token=1e6 * t_delta / tokens))

@@ -79,7 +79,7 @@ def test_query_blocks_do_not_change_attention():
   cos, sin = layers.rope(jnp.arange(21)[None], config, jnp.float32)
   causal = jnp.tril(jnp.ones((21, 21), bool))[None].repeat(2, 0)
   causal = causal.at[1, :, :4].set(False) | jnp.eye(21, dtype=bool)  # padding in one row
-  cached = (jnp.zeros((2, 30, config.num_key_value_heads, config.head_dim)),) * 2 + (3,)
+  cached = (jnp.zeros((2, config.num_key_value_heads, 30, config.head_dim)),) * 2 + (3,)
   cache_mask = jnp.zeros((2, 21, 30), bool).at[:, :, 3:24].set(causal)
   for kv_cache, mask in ((None, causal), (cached, cache_mask)):
     ref, _ = layers.full_attention(p, x, cos, sin, config, kv_cache=kv_cache, kv_mask=mask,

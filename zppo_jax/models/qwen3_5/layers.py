@@ -63,6 +63,23 @@ def _linear(x, p, name):
   return y if bias is None else y + bias
 
 
+def attend(q, k, v, mask, scale):
+  """Grouped-query softmax attention without repeating K/V (query head i reads kv head
+  i // (H / H_kv), as transformers' repeat_kv). Scores and softmax in float32.
+
+  q: [B, T, H, hd]; k, v: [B, H_kv, S, hd] (slots next to head_dim, so a decode step's dots
+  need no transpose); mask: [B, T, S] bool, True where a query may see a slot; every row
+  must see at least one slot. Returns [B, T, H, hd].
+  """
+  batch, length, heads, hd = q.shape
+  kv_heads = k.shape[1]
+  q = q.reshape(batch, length, kv_heads, heads // kv_heads, hd)
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(batch, length, heads, hd)
+
+
 def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
                    query_block: int = QUERY_BLOCK):
   """Gated softmax attention with q/k RMSNorm, GQA and partial RoPE.
@@ -71,12 +88,12 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
     p: one layer's attention params.
     x: [B, T, D] normed hidden states.
     cos, sin: [B, T, rotary_dim].
-    kv_cache: None (keys are this segment's) or (keys, values, index): [B, S, H_kv, hd]
+    kv_cache: None (keys are this segment's) or (keys, values, index): [B, H_kv, S, hd]
       buffers and the slot where this segment starts.
     kv_mask: [B, T, S] boolean, which key slots each query may see (padding and causality).
     query_block: queries per block; the score tensor is [B, H, query_block, S] at most.
   Returns:
-    ([B, T, D], (keys, values) as stored).
+    ([B, T, D], (keys, values) [B, H_kv, S or T, hd] as stored).
   """
   batch, length, _ = x.shape
   hd, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
@@ -87,20 +104,20 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
                config.rms_norm_eps)
   v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
   q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   if kv_cache is not None:
     keys, values, index = kv_cache
-    k = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
-    v = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
+    k = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, 0, index, 0))
+    v = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, 0, index, 0))
   k_all, v_all = k.astype(q.dtype), v.astype(q.dtype)
   outs = []
   # Query blocks bound the score tensor to [B, H, block, S]; without a cache the keys are this
   # segment's, so a block needs only the keys up to its own end (causal skipping).
   for start in range(0, length, query_block):
     end = min(start + query_block, length)
-    keys_end = end if kv_cache is None else k_all.shape[1]
-    outs.append(jax.nn.dot_product_attention(
-        q[:, start:end], k_all[:, :keys_end], v_all[:, :keys_end],
-        mask=kv_mask[:, None, start:end, :keys_end], scale=hd ** -0.5))
+    keys_end = end if kv_cache is None else k_all.shape[2]
+    outs.append(attend(q[:, start:end], k_all[:, :, :keys_end], v_all[:, :, :keys_end],
+                       kv_mask[:, start:end, :keys_end], hd ** -0.5))
   out = jnp.concatenate(outs, axis=1)
   out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
   return _linear(out, p, "o_proj"), (k, v)

@@ -24,7 +24,7 @@ class Cache:
 
   conv:      [L_linear, B, K-1, conv_dim]   last inputs of each Gated DeltaNet conv
   recurrent: [L_linear, B, H_v, d_k, d_v]   delta-rule state, float32
-  keys, values: [L_full, B, S, H_kv, head_dim]   KV cache of the full-attention layers
+  keys, values: [L_full, B, H_kv, S, head_dim]   KV cache of the full-attention layers
   valid:     [B, S] bool    which slots hold a real (non-padding) token
   index:     [] int32       the next slot to write; every row writes the same slot
   position:  [B] int32      RoPE position of each row's next real token
@@ -49,9 +49,9 @@ def init_cache(config: Qwen3_5Config, batch: int, max_len: int, dtype=jnp.float3
                       c.linear_conv_dim), dtype),
       recurrent=jnp.zeros((c.num_linear_layers, batch, c.linear_num_value_heads,
                            c.linear_key_head_dim, c.linear_value_head_dim), jnp.float32),
-      keys=jnp.zeros((c.num_full_layers, batch, max_len, c.num_key_value_heads, c.head_dim),
+      keys=jnp.zeros((c.num_full_layers, batch, c.num_key_value_heads, max_len, c.head_dim),
                      dtype),
-      values=jnp.zeros((c.num_full_layers, batch, max_len, c.num_key_value_heads, c.head_dim),
+      values=jnp.zeros((c.num_full_layers, batch, c.num_key_value_heads, max_len, c.head_dim),
                        dtype),
       valid=jnp.zeros((batch, max_len), bool),
       index=jnp.zeros((), jnp.int32),
@@ -64,8 +64,8 @@ def init_cache(config: Qwen3_5Config, batch: int, max_len: int, dtype=jnp.float3
 CACHE_LOGICAL_AXES = Cache(
     conv=("layers", "batch", None, "linear_qkv"),
     recurrent=("layers", "batch", "linear_heads", None, None),
-    keys=("layers", "batch", None, "kv_heads", "head_dim"),
-    values=("layers", "batch", None, "kv_heads", "head_dim"),
+    keys=("layers", "batch", "kv_heads", None, "head_dim"),
+    values=("layers", "batch", "kv_heads", None, "head_dim"),
     valid=("batch", None), index=(), position=("batch",))
 
 
@@ -79,10 +79,6 @@ def _blocks(tree, num_blocks):
   """[n, ...] stacks -> [num_blocks, n / num_blocks, ...]."""
   return jax.tree.map(
       lambda x: x.reshape((num_blocks, x.shape[0] // num_blocks) + x.shape[1:]), tree)
-
-
-def _unblocks(tree):
-  return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)
 
 
 def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None, cache=None, *,
@@ -121,61 +117,62 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   period = _period(c.layer_types)
   pattern = c.layer_types[:period]
   num_blocks = c.num_hidden_layers // period
-  if cache is None:
-    conv0 = jnp.zeros((batch, c.linear_conv_kernel_dim - 1, c.linear_conv_dim), dtype)
-    caches = {}
-  else:
-    caches = {"conv": cache.conv, "recurrent": cache.recurrent, "keys": cache.keys,
-              "values": cache.values}
+  per_block = {LINEAR: pattern.count(LINEAR), FULL: pattern.count(FULL)}
+  conv0 = jnp.zeros((batch, c.linear_conv_kernel_dim - 1, c.linear_conv_dim), dtype)
+  # The cache stacks ride in the scan carry and each layer reads and writes its own slice:
+  # XLA updates loop-carried buffers in place, where scanning them as xs/ys would copy the
+  # whole cache on every decode step.
+  stacks = None if cache is None else {
+      "conv": cache.conv, "recurrent": cache.recurrent, "keys": cache.keys,
+      "values": cache.values}
 
-  def block(h, xs):
-    p_lin, p_full, blk_cache = xs
-    new_cache = {k: [] for k in blk_cache}
+  def read(stacks, name, i):
+    return jax.lax.dynamic_index_in_dim(stacks[name], i, keepdims=False)
+
+  def write(stacks, name, i, x):
+    return {**stacks, name: jax.lax.dynamic_update_index_in_dim(
+        stacks[name], x.astype(stacks[name].dtype), i, 0)}
+
+  def block(carry, xs):
+    h, stacks = carry
+    p_lin, p_full, b = xs
     i_lin = i_full = 0
     for layer_type in pattern:
       if layer_type == LINEAR:
         p = jax.tree.map(lambda x: x[i_lin], p_lin)
+        j = b * per_block[LINEAR] + i_lin
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
-        if cache is None:
-          conv, rec = conv0, None
-        else:
-          conv, rec = blk_cache["conv"][i_lin], blk_cache["recurrent"][i_lin]
+        conv, rec = ((conv0, None) if stacks is None else
+                     (read(stacks, "conv", j), read(stacks, "recurrent", j)))
         x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
                                              recurrent_state=rec, chunk_size=chunk_size)
-        if cache is not None:
-          new_cache["conv"].append(conv)
-          new_cache["recurrent"].append(rec)
+        if stacks is not None:
+          stacks = write(write(stacks, "conv", j, conv), "recurrent", j, rec)
         i_lin += 1
       else:
         p = jax.tree.map(lambda x: x[i_full], p_full)
+        j = b * per_block[FULL] + i_full
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
-        kv = None if cache is None else (blk_cache["keys"][i_full], blk_cache["values"][i_full],
-                                         cache.index)
+        kv = None if stacks is None else (read(stacks, "keys", j), read(stacks, "values", j),
+                                          cache.index)
         x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask)
-        if cache is not None:
-          new_cache["keys"].append(k)
-          new_cache["values"].append(v)
+        if stacks is not None:
+          stacks = write(write(stacks, "keys", j, k), "values", j, v)
         i_full += 1
       h = h + x
       h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"], c.rms_norm_eps))
-    return h, {k: jnp.stack(v) for k, v in new_cache.items() if v}
+    return (h, stacks), None
 
   if remat:
     block = jax.checkpoint(block)
   xs = (_blocks(params["linear"], num_blocks), _blocks(params["full"], num_blocks),
-        _blocks(caches, num_blocks))
-  h, new_caches = jax.lax.scan(block, h, xs)
+        jnp.arange(num_blocks))
+  (h, stacks), _ = jax.lax.scan(block, (h, stacks), xs)
   h = layers.rms_norm(h, params["final_norm"], c.rms_norm_eps)
   if cache is None:
     return h
-  new_caches = _unblocks(new_caches)
   new_cache = Cache(
-      conv=new_caches.get("conv", cache.conv),
-      recurrent=new_caches.get("recurrent", cache.recurrent),
-      keys=new_caches.get("keys", cache.keys),
-      values=new_caches.get("values", cache.values),
-      valid=valid,
-      index=cache.index + length,
+      **stacks, valid=valid, index=cache.index + length,
       position=cache.position + jnp.sum(mask, axis=1, dtype=jnp.int32))
   return h, new_cache
 
