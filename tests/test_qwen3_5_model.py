@@ -172,3 +172,14 @@ def test_bfloat16_error_no_worse_than_transformers_bfloat16(hf_text):
   hf_bf16 = _hf_logits(copy.deepcopy(model).to(torch.bfloat16), ids).astype(np.float32)
   out = np.asarray(_forward(config, params, ids)).astype(np.float32)
   assert np.abs(out - ref).max() <= 2 * np.abs(hf_bf16 - ref).max() + 1e-2
+
+
+def test_grouped_attention_matches_dot_product_attention():
+  """The decode path's grouped einsum against jax.nn.dot_product_attention (repeated K/V)."""
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(2, 3, 6, 8), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(2, 2, 11, 8), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.rand(2, 3, 11) > 0.4).at[:, :, 0].set(True)
+  ref = jax.nn.dot_product_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                                     mask=mask[:, None], scale=0.3)
+  np.testing.assert_allclose(layers.attend(q, k, v, mask, 0.3), ref, atol=1e-5, rtol=0)
