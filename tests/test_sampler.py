@@ -195,6 +195,7 @@ def test_cache_bytes_follow_the_documented_formula(periodic):
     ([[1]], dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
     ([[1]], dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     ([[1]], dict(temperature=-1.0), "temperature must be >= 0"),
+    ([[1]], dict(seed=-1), r"seed must be in \[0, 2\*\*32\)"),
     ([[1] * 40], dict(buckets=(16, 32)), "prompt length 40 exceeds the largest bucket 32"),
 ])
 def test_bad_requests_are_named(periodic, prompts, kwargs, message):

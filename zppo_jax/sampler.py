@@ -309,6 +309,8 @@ class Sampler:
       raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
       raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 <= seed < 2 ** 32:
+      raise ValueError(f"seed must be in [0, 2**32), got {seed}")
 
     rows, prompt_slots, new_slots = self.shapes(len(prompts), max(map(len, prompts)),
                                                 max_new_tokens)
