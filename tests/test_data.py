@@ -1,0 +1,134 @@
+"""Question sources and the grain pipeline: parsing, errors, shuffling, sharding, resuming."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from zppo_jax import data, rewards
+
+ROWS = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
+        for i in range(23)]
+ROWS[3]["choices"] = ["1", "6", "9"]
+ROWS[4]["teacher_responses"] = ["</think>\\boxed{8}"]
+
+
+def _jsonl(path, rows, extra_lines=()):
+  with open(path, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+    for line in extra_lines:
+      f.write(line + "\n")
+  return str(path)
+
+
+def _ids(batches):
+  return [[q.id for q in batch] for batch in batches]
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_local_files_parse_into_questions(tmp_path, kind):
+  if kind == "jsonl":
+    path = _jsonl(tmp_path / "d.jsonl", ROWS)
+  else:
+    path = str(tmp_path / "d.parquet")
+    columns = ("id", "question", "answer", "choices", "teacher_responses")
+    pq.write_table(pa.table({k: [r.get(k) for r in ROWS] for k in columns}), path)
+  source = data.open_source(path)
+  assert len(source) == len(ROWS)
+  batches = _take(iter(data.make_dataset(source, batch_size=23, shuffle=False)), 1)
+  questions = {q.id: q for q in batches[0]}
+  assert questions["q5"] == data.Question("q5", "What is 5 + 5?", "10")
+  assert questions["q3"].choices == ("1", "6", "9")
+  assert questions["q4"].teacher_responses == ("</think>\\boxed{8}",)
+
+
+def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):
+  path = _jsonl(tmp_path / "bad.jsonl", ROWS[:5], extra_lines=[
+      '{"id": "x", "question": "no answer"}', "{not json", '{"id": "y", "question": "q", '
+      '"answer": "1", "choices": "abc"}'])
+  source = data.JsonlSource(path)
+  with pytest.raises(data.DataError, match=r"bad\.jsonl line (6: missing field\(s\) \['answer'\]"
+                     r"|7: not valid JSON|8: field 'choices' must be a list)"):
+    list(data.make_dataset(source, batch_size=2, num_epochs=1, seed=3))
+  errors = data.ErrorCounter()
+  batches = list(data.make_dataset(source, batch_size=1, num_epochs=1, on_error="skip",
+                                   errors=errors))
+  assert sorted(b[0].id for b in batches) == ["q0", "q1", "q2", "q3", "q4"]
+  assert errors.skipped == 3 and "bad.jsonl line" in errors.last
+  with pytest.raises(data.DataError, match="unknown format"):
+    data.open_source(str(tmp_path / "d.csv"))
+  with pytest.raises(ValueError, match="on_error must be one of"):
+    data.make_dataset(source, batch_size=1, on_error="ignore")
+
+
+def test_epochs_are_reshuffled_and_seeds_reproduce(tmp_path):
+  source = data.JsonlSource(_jsonl(tmp_path / "d.jsonl", ROWS))
+  a = _ids(_take(iter(data.make_dataset(source, batch_size=23, seed=5)), 3))
+  b = _ids(_take(iter(data.make_dataset(source, batch_size=23, seed=5)), 3))
+  c = _ids(_take(iter(data.make_dataset(source, batch_size=23, seed=6)), 1))
+  assert a == b and a[0] != c[0]
+  assert all(sorted(epoch) == sorted(r["id"] for r in ROWS) for epoch in a)  # each is a permutation
+  assert a[0] != a[1] != a[2]  # a new order every epoch
+
+
+def test_hosts_get_disjoint_shards(tmp_path):
+  source = data.JsonlSource(_jsonl(tmp_path / "d.jsonl", ROWS))
+  shards = [sum(_ids(data.make_dataset(source, batch_size=1, num_epochs=1, seed=1,
+                                       shard_index=i, shard_count=3)), [])
+            for i in range(3)]
+  assert sorted(sum(shards, [])) == sorted(r["id"] for r in ROWS)
+  assert all(len(s) in (7, 8) for s in shards)
+
+
+RESUME = """
+import json, sys
+from zppo_jax import data
+source = data.open_source(sys.argv[1])
+iterator = iter(data.make_dataset(source, batch_size=4, seed=9))
+iterator.set_state(json.loads(sys.argv[2]))
+print(json.dumps([[q.id for q in next(iterator)] for _ in range(5)]))
+"""
+
+
+def test_iterator_resumes_exactly_in_a_new_process(tmp_path):
+  """k batches, checkpoint the state as JSON, restore it in a fresh process: same next
+  batches, across an epoch boundary."""
+  path = _jsonl(tmp_path / "d.jsonl", ROWS)
+  iterator = iter(data.make_dataset(data.open_source(path), batch_size=4, seed=9))
+  _take(iterator, 4)
+  state = json.dumps(iterator.get_state())
+  expected = _ids(_take(iterator, 5))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", RESUME, path, state], capture_output=True,
+                       text=True, check=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"})
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_synthetic_arithmetic_is_deterministic_correct_and_spread():
+  source = data.ArithmeticSource(400, seed=3)
+  again = data.ArithmeticSource(400, seed=3)
+  levels = []
+  for i in range(len(source)):
+    row, where = source[i]
+    assert row == again[i][0] and "row" in where
+    a, op, b = re.fullmatch(r"Compute (\d+) ([-+*]) (\d+)\.", row["question"]).groups()
+    value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+    assert row["answer"] == str(value)
+    # The worked solution is a correct response in the thinking format.
+    assert rewards.is_correct(row["teacher_responses"][0], row["answer"])
+    levels.append(int(row["id"].rsplit("L", 1)[1]))
+  assert set(levels) == {1, 2, 3, 4, 5, 6}
+  assert data.ArithmeticSource(400, seed=4)[0][0] != source[0][0]
+  with pytest.raises(ValueError, match="level_weights"):
+    data.ArithmeticSource(10, level_weights=(0.0, 0.0))

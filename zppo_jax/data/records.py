@@ -1,0 +1,47 @@
+"""The one record every source yields: a question with a verifiable answer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class DataError(ValueError):
+  """A malformed row; the message names the source, the row and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  id: str
+  question: str
+  answer: str
+  choices: tuple[str, ...] = ()              # multiple choice: the answer is a letter
+  teacher_responses: tuple[str, ...] = ()    # precomputed teacher rollouts, if any
+
+
+def _strings(value, field, where) -> tuple[str, ...]:
+  if value is None:
+    return ()
+  if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    raise DataError(f"{where}: field {field!r} must be a list of strings, got {value!r:.80}")
+  return tuple(value)
+
+
+def parse_row(row: Any, where: str) -> Question:
+  """A `Question` from a dict with `id`, `question`, `answer` and optional `choices` and
+  `teacher_responses`; `where` (e.g. "data.jsonl row 17") names the row in errors."""
+  if not isinstance(row, dict):
+    raise DataError(f"{where}: expected an object with fields id, question, answer, got "
+                    f"{type(row).__name__}")
+  missing = [k for k in ("id", "question", "answer") if row.get(k) in (None, "")]
+  if missing:
+    raise DataError(f"{where}: missing field(s) {missing}")
+  if not isinstance(row["question"], str):
+    raise DataError(f"{where}: field 'question' must be a string")
+  answer = row["answer"]
+  if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+    raise DataError(f"{where}: field 'answer' must be a string or a number, got {answer!r:.80}")
+  return Question(id=str(row["id"]), question=row["question"], answer=str(answer),
+                  choices=_strings(row.get("choices"), "choices", where),
+                  teacher_responses=_strings(row.get("teacher_responses"), "teacher_responses",
+                                             where))
