@@ -127,7 +127,7 @@ def answers_match(pred: str, gold: str, *, timeout_s: int = 2) -> bool:
   p, g = normalize(pred), normalize(gold)
   if not p:
     return False
-  if p == g or p.lower() == g.lower() and not _choice(g):
+  if p == g or (p.lower() == g.lower() and not _choice(g)):  # choice letters keep case
     return True
   gold_choice = _choice(g) if len(g) <= 3 else None
   if gold_choice is not None:

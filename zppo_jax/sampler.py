@@ -144,9 +144,8 @@ class Sampler:
     if mesh is None:
       self.batch_shards = 1
     else:
-      target = dict(rules).get("batch") or ()
-      target = (target,) if isinstance(target, str) else target
-      self.batch_shards = math.prod(mesh.shape[a] for a in target if a in mesh.shape)
+      self.batch_shards = math.prod(
+          mesh.shape[a] for a in sharding_lib.mesh_axes_of("batch", mesh, rules))
       self._param_shardings = qwen3_5.param_shardings(config, mesh, rules)
 
   # -- sizes ---------------------------------------------------------------------------------
@@ -240,32 +239,34 @@ class Sampler:
       step_keys = lambda step: jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
       is_stop = lambda tok: jnp.any(tok[:, None] == stop_ids[None, :], axis=1)
 
-      tok, lp = pick(logits, step_keys(0), temperature, top_p)
-      tokens = jnp.zeros((n, new_slots), jnp.int32).at[:, 0].set(jnp.where(live, tok, 0))
-      logprobs = jnp.zeros((n, new_slots), jnp.float32).at[:, 0].set(jnp.where(live, lp, 0.0))
-      stopped = live & is_stop(tok)
-      state = (jnp.int32(1), cache, tok, ~live | stopped, tokens, logprobs,
-               live.astype(jnp.int32), stopped)
-
-      def cond(state):
-        step, _, _, done, *_ = state
-        return (step < max_new) & ~jnp.all(done)
-
-      def body(state):
-        step, cache, tok, done, tokens, logprobs, lengths, stopped = state
-        active = ~done
-        logits, cache = qwen3_5.apply(c, params, tok[:, None], active[:, None], cache,
-                                      chunk_size=self.chunk_size)
-        new, lp = pick(logits[:, 0].astype(jnp.float32), step_keys(step), temperature, top_p)
+      def emit(step, new, lp, tokens, logprobs, lengths, stopped):
+        """Records the step's tokens of the rows still running (not padding, not stopped)."""
+        active = live & ~stopped
         tokens = jax.lax.dynamic_update_slice(tokens, jnp.where(active, new, 0)[:, None],
                                               (0, step))
         logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(active, lp, 0.0)[:, None],
                                                 (0, step))
-        hit = active & is_stop(new)
-        return (step + 1, cache, jnp.where(active, new, tok), done | hit, tokens, logprobs,
-                lengths + active, stopped | hit)
+        return tokens, logprobs, lengths + active, stopped | (active & is_stop(new))
 
-      _, cache, _, _, tokens, logprobs, lengths, stopped = jax.lax.while_loop(cond, body, state)
+      tok, lp = pick(logits, step_keys(0), temperature, top_p)
+      out = emit(0, tok, lp, jnp.zeros((n, new_slots), jnp.int32),
+                 jnp.zeros((n, new_slots), jnp.float32), jnp.zeros((n,), jnp.int32),
+                 jnp.zeros((n,), bool))
+
+      def cond(state):
+        step, _, _, (*_, stopped) = state
+        return (step < max_new) & jnp.any(live & ~stopped)
+
+      def body(state):
+        step, cache, tok, out = state
+        running = (live & ~out[-1])[:, None]  # finished rows feed a masked (ignored) token
+        logits, cache = qwen3_5.apply(c, params, tok[:, None], running, cache,
+                                      chunk_size=self.chunk_size)
+        new, lp = pick(logits[:, 0].astype(jnp.float32), step_keys(step), temperature, top_p)
+        return step + 1, cache, new, emit(step, new, lp, *out)
+
+      _, cache, _, (tokens, logprobs, lengths, stopped) = jax.lax.while_loop(
+          cond, body, (jnp.int32(1), cache, tok, out))
       # The cache goes out too, so the donated input buffers alias it and the loop updates the
       # cache in place instead of holding a second copy.
       return (tokens, logprobs, lengths, stopped), cache

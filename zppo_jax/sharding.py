@@ -57,6 +57,13 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
                        devices=devices)
 
 
+def mesh_axes_of(name: str | None, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[str, ...]:
+  """The mesh axes (present in `mesh`) that logical axis `name` maps to under `rules`."""
+  target = dict(rules).get(name) if name is not None else None
+  mesh_axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+  return tuple(a for a in mesh_axes if a in mesh.shape)
+
+
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                     rules=DEFAULT_RULES) -> PartitionSpec:
   """PartitionSpec for an array of `shape` whose dims are named `axes`.
@@ -70,9 +77,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
   for name, size in zip(axes, shape):
     if name is not None and name not in table:
       raise KeyError(f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}")
-    target = table.get(name) if name is not None else None
-    mesh_axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
-    mesh_axes = tuple(a for a in mesh_axes if a in mesh.shape and a not in used)
+    mesh_axes = tuple(a for a in mesh_axes_of(name, mesh, rules) if a not in used)
     ways = math.prod(mesh.shape[a] for a in mesh_axes)
     if mesh_axes and size % ways:
       logging.info("logical axis %s (size %d) not divisible by mesh axes %s: replicated",

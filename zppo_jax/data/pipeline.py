@@ -56,8 +56,6 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
   def parse(item):
     row, where = item
     try:
-      if isinstance(row, DataError):
-        raise row
       return parse_row(row, where)
     except DataError as e:
       if on_error == "raise":

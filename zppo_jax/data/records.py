@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 
@@ -28,8 +29,14 @@ def _strings(value, field, where) -> tuple[str, ...]:
 
 
 def parse_row(row: Any, where: str) -> Question:
-  """A `Question` from a dict with `id`, `question`, `answer` and optional `choices` and
-  `teacher_responses`; `where` (e.g. "data.jsonl row 17") names the row in errors."""
+  """A `Question` from a dict (or a JSON line of one) with `id`, `question`, `answer` and
+  optional `choices` and `teacher_responses`; `where` (e.g. "data.jsonl line 17") names the
+  row in errors."""
+  if isinstance(row, (bytes, str)):
+    try:
+      row = json.loads(row)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(row, dict):
     raise DataError(f"{where}: expected an object with fields id, question, answer, got "
                     f"{type(row).__name__}")
