@@ -2,8 +2,9 @@
 
 import os
 
-# Four host CPU devices so sharded loading runs on a real (2x2) mesh; set before jax starts.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Eight host CPU devices so sharded loading, sampling and training run on real meshes (the
+# train step on (8,1,1), (2,4,1) and (1,4,2)); set before jax starts.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402

@@ -92,7 +92,7 @@ def test_multi_shard_checkpoint_loads(hf_text, tmp_path):
 
 def test_load_onto_mesh_places_shards(hf_text):
   model, path = hf_text
-  mesh = sharding.make_mesh((1, 2, 2))
+  mesh = sharding.make_mesh((2, 2, 2))
   config, params = qwen3_5.load_hf_checkpoint(path, mesh=mesh)
   _, plain = qwen3_5.load_hf_checkpoint(path)
   flat = traverse_util.flatten_dict(params)

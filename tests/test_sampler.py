@@ -160,9 +160,9 @@ def test_no_recompilation_inside_a_bucket(periodic):
 
 
 def test_sharded_generation_matches_one_device(periodic):
-  """Batch over the data axis and heads over the tensor axis of a 2x1x2 CPU mesh."""
+  """Batch over the data axis and heads over the tensor axis of a 4x1x2 CPU mesh."""
   _, config, params, smp = periodic
-  mesh = sharding.make_mesh((2, 1, 2))
+  mesh = sharding.make_mesh((4, 1, 2))
   sharded = sampler.Sampler(config, mesh=mesh)
   placed = jax.device_put(params, qwen3_5.param_shardings(config, mesh))
   prompts = _prompts(config, [5, 13, 2], seed=1)

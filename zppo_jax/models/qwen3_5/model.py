@@ -81,8 +81,16 @@ def _blocks(tree, num_blocks):
       lambda x: x.reshape((num_blocks, x.shape[0] // num_blocks) + x.shape[1:]), tree)
 
 
+# Rematerialisation of each layer block in the backward pass, by name: what it keeps.
+REMAT_POLICIES = {
+    "none": None,                                                     # keep all activations
+    "full": jax.checkpoint_policies.nothing_saveable,                 # keep only block inputs
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
 def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None, cache=None, *,
-                  chunk_size: int = 64, remat: bool = False):
+                  chunk_size: int = 64, remat: str = "none"):
   """Final-norm hidden states [B, T, D] (and the new cache when one is given).
 
   Args:
@@ -91,7 +99,7 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
       count real tokens only, so a padded row gets the same result as the unpadded one.
     cache: a `Cache` to continue from, or None for a fresh sequence with no cache kept.
     chunk_size: chunk length of the chunked delta rule.
-    remat: rematerialise each layer block in the backward pass (saves activation memory).
+    remat: a `REMAT_POLICIES` name: what each layer block keeps for the backward pass.
   """
   c = config
   batch, length = input_ids.shape
@@ -163,8 +171,10 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
       h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"], c.rms_norm_eps))
     return (h, stacks), None
 
-  if remat:
-    block = jax.checkpoint(block)
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+  if REMAT_POLICIES[remat] is not None:
+    block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
   xs = (_blocks(params["linear"], num_blocks), _blocks(params["full"], num_blocks),
         jnp.arange(num_blocks))
   (h, stacks), _ = jax.lax.scan(block, (h, stacks), xs)
@@ -185,7 +195,7 @@ def logits_from_hidden(config: Qwen3_5Config, params, h):
 
 
 def forward(config: Qwen3_5Config, params, input_ids, attention_mask=None, *,
-            chunk_size: int = 64, remat: bool = False):
+            chunk_size: int = 64, remat: str = "none"):
   """Logits [B, T, vocab] for whole sequences (no cache)."""
   h = hidden_states(config, params, input_ids, attention_mask, chunk_size=chunk_size,
                     remat=remat)

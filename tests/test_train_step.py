@@ -1,0 +1,243 @@
+"""The jitted train step: chunked log-probs, sharding equivalence, gradient accumulation,
+exact zeros, compiled memory."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec
+
+from zppo_jax import logprobs, sharding
+from zppo_jax import train_step as ts
+from zppo_jax.models import qwen3_5
+
+CONFIG = qwen3_5.from_hf_dict(dict(
+    model_type="qwen3_5_text", vocab_size=128, hidden_size=64, intermediate_size=96,
+    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
+    linear_num_key_heads=2, linear_num_value_heads=4, tie_word_embeddings=False))
+B, T = 8, 24
+
+
+def _cfg(**overrides):
+  cfg = ts.default_config()
+  cfg.logprob_chunk = 7  # does not divide T - 1: exercises the padded last chunk
+  cfg.compute_dtype = "float32"
+  # Adam's eps raised to 1e-2: its first step is otherwise lr * sign(g), which turns a
+  # gradient element within rounding of 0 into a full +-lr difference between layouts.
+  cfg.optimizer.update(learning_rate=1e-3, eps=1e-2)
+  cfg.update(overrides)
+  return cfg
+
+
+def _batch(seed=0, **extra):
+  """Prompts of 6-10 tokens then completions, right padding in some rows, one truncated."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, CONFIG.vocab_size, (B, T)).astype(np.int32)
+  attention = np.ones((B, T), np.int32)
+  loss_mask = np.zeros((B, T), np.float32)
+  for row in range(B):
+    prompt, end = 6 + row % 5, T - 3 * (row % 3)
+    attention[row, end:] = 0
+    loss_mask[row, prompt:end] = 1
+  batch = dict(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
+               advantages=rng.normal(size=B).astype(np.float32),
+               sampler_logprobs=(-rng.uniform(1, 6, (B, T))).astype(np.float32),
+               truncated=np.arange(B) == 3)
+  return {**batch, **extra}
+
+
+@functools.lru_cache(maxsize=None)
+def _params():
+  return qwen3_5.init_params(CONFIG, jax.random.key(0), jnp.float32, std=0.1)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(mesh_shape, cfg_json):
+  """(mesh, optimizer, state shardings, jitted step), one per layout and config."""
+  cfg = ts.default_config()
+  cfg.update(json.loads(cfg_json))
+  mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+  optimizer = ts.make_optimizer(cfg.optimizer)
+  shardings = ts.state_shardings(CONFIG, optimizer, mesh)
+  return mesh, optimizer, shardings, ts.jit_train_step(CONFIG, optimizer, cfg, mesh, shardings)
+
+
+def _run(mesh_shape=(1, 1, 1), batch=None, **overrides):
+  """One step from the initial params on a mesh of the first prod(mesh_shape) devices:
+  (new state, metrics)."""
+  cfg = _cfg(**overrides)
+  mesh, optimizer, shardings, step = _compiled(mesh_shape, cfg.to_json())
+  state = ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0, shardings)
+  batch = _batch() if batch is None else batch
+  ts.check_batch(batch, mesh, cfg)
+  return step(state, batch)
+
+
+def test_token_scores_match_full_logits():
+  params, batch = _params(), _batch()
+  topk = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (B, T, 3)).astype(np.int32)
+  got = logprobs.token_scores(CONFIG, params, batch["tokens"], batch["attention_mask"],
+                              chunk_size=5, topk_ids=topk)
+  full = jax.nn.log_softmax(qwen3_5.forward(CONFIG, params, batch["tokens"],
+                                            batch["attention_mask"]).astype(jnp.float32))
+  # position t scores token t from the logits at t - 1; position 0 is 0
+  want = jnp.take_along_axis(full[:, :-1], batch["tokens"][:, 1:, None], -1)[..., 0]
+  np.testing.assert_allclose(got["logprobs"][:, 1:], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got["topk_logprobs"][:, 1:],
+                             jnp.take_along_axis(full[:, :-1], topk[:, 1:], -1), atol=1e-5)
+  np.testing.assert_allclose(got["entropy"][:, 1:],
+                             -jnp.sum(jnp.exp(full) * full, -1)[:, :-1], rtol=1e-5)
+  assert np.all(got["logprobs"][:, 0] == 0)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  return _run((1, 1, 1))
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), (1, 4, 2)])
+def test_sharded_step_matches_one_device(mesh_shape, one_device):
+  """Same loss, grad norm and updated params as one device (float32: rtol 1e-4, atol 1e-7),
+  and params and Adam moments really are split as the rules say."""
+  ref_state, ref = one_device
+  state, metrics = _run(mesh_shape)
+  for name in ("loss", "grad_norm", "ratio", "entropy", "sampler_weight"):
+    np.testing.assert_allclose(metrics[name], ref[name], rtol=1e-4, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               state.params, ref_state.params)
+  data, fsdp, tensor = mesh_shape
+  embed = state.params["embed"].sharding.spec  # [vocab, embed]
+  assert embed == PartitionSpec("tensor", "fsdp")
+  adam = state.opt_state[1][0]  # AdamW's moments: placed like the params they belong to
+  for moment in (adam.mu, adam.nu):
+    jax.tree.map(lambda m, p: m.sharding.is_equivalent_to(p.sharding, p.ndim) or pytest.fail(
+        f"{m.sharding} != {p.sharding}"), moment, state.params)
+  shard = state.params["embed"].addressable_shards[0].data.shape
+  assert shard == (CONFIG.vocab_size // tensor, CONFIG.hidden_size // fsdp)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  """Four micro-batches of 2 rows give the step of one batch of 8, for a mean over
+  sequences (the aggregation most sensitive to how the batch is cut); float32, rtol 1e-4."""
+  cfg_loss = _cfg().loss
+  cfg_loss.aggregation = "sequence_mean"
+  kw = dict(batch=_batch(seed=2), loss=cfg_loss)
+  one_state, one = _run(micro_batches=1, **kw)
+  acc_state, acc = _run(micro_batches=4, **kw)
+  for name in ("loss", "grad_norm", "ratio", "entropy", "tokens"):
+    np.testing.assert_allclose(acc[name], one[name], rtol=1e-4, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               acc_state.params, one_state.params)
+
+
+def test_zero_advantages_and_masked_tokens_leave_params_unchanged():
+  """All-equal groups (advantages exactly 0) give exactly zero gradient, so AdamW leaves
+  every parameter bit-identical; tokens outside the loss mask change nothing either."""
+  batch = _batch(advantages=np.zeros(B, np.float32))
+  state, metrics = _run(batch=batch)
+  assert float(metrics["grad_norm"]) == 0.0
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               state.params, _params())
+  # changing the tokens after the last loss token (padding) changes neither loss nor grads
+  base, moved = _batch(), _batch()
+  moved["tokens"] = np.where(moved["attention_mask"] == 0, 0, moved["tokens"])
+  (_, m1), (_, m2) = _run(batch=base), _run(batch=moved)
+  assert float(m1["loss"]) == float(m2["loss"]) and float(m1["grad_norm"]) == float(m2["grad_norm"])
+
+
+def test_truncated_rows_are_masked_when_asked():
+  cfg_loss = _cfg().loss
+  cfg_loss.mask_truncated = True
+  _, masked = _run(loss=cfg_loss)
+  _, kept = _run()
+  lengths = _batch()["loss_mask"].sum(1)
+  assert float(kept["tokens"]) == lengths.sum()
+  assert float(masked["tokens"]) == lengths.sum() - lengths[3]
+
+
+def test_old_logprobs_from_score_give_ratio_one_then_move():
+  """Several passes over one rollout batch: `jit_score` recomputes old log-probs that the
+  step reproduces exactly (ratio 1, nothing clipped); after an update the ratio moves."""
+  cfg = _cfg()
+  mesh = sharding.make_mesh((2, 1, 1), devices=jax.devices()[:2])
+  optimizer = ts.make_optimizer(cfg.optimizer)
+  shardings = ts.state_shardings(CONFIG, optimizer, mesh)
+  state = ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0, shardings)
+  scorer = ts.jit_score(CONFIG, cfg, mesh, shardings.params)
+  batch = _batch()
+  batch["old_logprobs"] = np.asarray(scorer(state.params, batch)["logprobs"])
+  step = ts.jit_train_step(CONFIG, optimizer, cfg, mesh, shardings)
+  state, first = step(state, batch)
+  state, second = step(state, batch)
+  np.testing.assert_allclose(first["ratio"], 1.0, atol=1e-6)
+  assert float(first["clip_fraction"]) == 0.0
+  assert abs(float(second["ratio"]) - 1.0) > 1e-4
+  assert int(state.step) == 2
+
+
+def test_logprob_memory_grows_with_chunk_not_vocab_times_length():
+  """Compiled temp memory of the backward pass, over that of the model body alone: the
+  chunked head adds O(B * chunk * vocab), far below one [B, T, vocab] float32 tensor, which
+  a head on full logits adds several times over."""
+  config = qwen3_5.from_hf_dict(dict(
+      model_type="qwen3_5_text", vocab_size=8192, hidden_size=32, intermediate_size=32,
+      num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+      linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
+      linear_num_key_heads=1, linear_num_value_heads=2, tie_word_embeddings=True))
+  batch, length = 2, 512
+  params = jax.eval_shape(lambda: qwen3_5.init_params(config, jax.random.key(0)))
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+
+  def temp(loss):
+    compiled = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  body = temp(lambda p, t: qwen3_5.hidden_states(config, p, t).sum())
+  head = {chunk: temp(lambda p, t: logprobs.token_scores(config, p, t, chunk_size=chunk)
+                      ["logprobs"].sum()) - body for chunk in (32, 128)}
+  full = temp(lambda p, t: jax.nn.log_softmax(qwen3_5.forward(config, p, t)).sum()) - body
+  logits_bytes = batch * length * config.vocab_size * 4
+  assert head[32] < head[128] < logits_bytes / 2
+  assert head[128] - head[32] < 8 * batch * (128 - 32) * config.vocab_size * 4
+  assert full > 2 * logits_bytes
+
+
+def test_learning_rate_schedules():
+  cfg = _cfg().optimizer
+  cfg.update(learning_rate=1.0, warmup_steps=10, total_steps=110, final_lr_fraction=0.1)
+  constant = ts.learning_rate_schedule(cfg)
+  assert [float(constant(s)) for s in (0, 5, 10, 500)] == [0.0, 0.5, 1.0, 1.0]
+  cfg.schedule = "cosine"
+  cosine = ts.learning_rate_schedule(cfg)
+  np.testing.assert_allclose([cosine(5), cosine(10), cosine(60), cosine(110)],
+                             [0.5, 1.0, 0.55, 0.1], rtol=1e-6)
+  cfg.total_steps = 10
+  with pytest.raises(ValueError, match="optimizer.total_steps"):
+    ts.learning_rate_schedule(cfg)
+  cfg.schedule = "linear"
+  with pytest.raises(ValueError, match="optimizer.schedule must be one of"):
+    ts.learning_rate_schedule(cfg)
+
+
+def test_bad_batches_are_named():
+  mesh = sharding.make_mesh((4, 1, 1), devices=jax.devices()[:4])
+  with pytest.raises(ValueError, match=r"does not split into micro_batches=3 times 4"):
+    ts.check_batch(_batch(), mesh, _cfg(micro_batches=3))
+  bad = _batch(advantages=np.zeros(5, np.float32))
+  with pytest.raises(ValueError, match="batch field 'advantages' has 5 rows, tokens has 8"):
+    ts.check_batch(bad, mesh, _cfg())
+
+
+def test_bfloat16_compute_tracks_float32():
+  _, f32 = _run()
+  state, bf16 = _run(compute_dtype="bfloat16")
+  np.testing.assert_allclose(bf16["loss"], f32["loss"], rtol=0.05, atol=0.02)
+  np.testing.assert_allclose(bf16["grad_norm"], f32["grad_norm"], rtol=0.1)
+  # master params stay float32 and move
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+  assert float(optax.tree.norm(jax.tree.map(jnp.subtract, state.params, _params()))) > 0

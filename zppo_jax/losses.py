@@ -1,0 +1,229 @@
+"""Advantages and the policy losses of the GRPO family and of distillation.
+
+Every per-token array is [B, T] and aligned with the batch's `tokens`: entry t belongs to
+token t (its log-prob given the tokens before it). `loss_mask` is 1 exactly on the tokens
+that carry loss, the student's own completion tokens (or, for off-policy distillation, the
+teacher response being imitated); prompt tokens, padding and teacher text inside BCQ/NCQ
+prompts are 0.
+
+A loss is `sum(weights * per_token_loss)`, with `weights` fixed in advance from the whole
+batch's mask by the aggregation mode (`token_weights`). The loss is therefore a plain sum
+over tokens, so gradient accumulation over micro-batches is exact, and a masked token has
+weight 0 and gets exactly zero gradient.
+
+Policy losses are chosen by name from `POLICY_LOSSES`; each is
+`fn(scores, batch, cfg) -> (per_token_loss [B, T], metrics {name: [B, T]})`, where `scores`
+holds the current policy's `logprobs` [B, T] (and `topk_logprobs` [B, T, K] when the batch
+has teacher top-k ids), so a new variant is one function.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------- advantages
+
+def group_advantages(rewards: Array, scale_std: bool = True, eps: float = 1e-6) -> Array:
+  """rewards [num_groups, G] -> advantages [num_groups, G]: reward minus its group's mean,
+  divided by the group's std when `scale_std` (GRPO; Dr. GRPO leaves it out). A group whose
+  rewards are all equal gets exactly zero advantages, hence no gradient."""
+  rewards = jnp.asarray(rewards, jnp.float32)
+  centred = rewards - rewards.mean(axis=1, keepdims=True)
+  if scale_std:
+    centred = centred / (rewards.std(axis=1, keepdims=True) + eps)
+  return jnp.where(zero_variance_groups(rewards)[:, None], 0.0, centred)
+
+
+def zero_variance_groups(rewards: Array) -> Array:
+  """rewards [num_groups, G] -> [num_groups] bool: groups with nothing to learn from (all
+  rollouts right, or all wrong: the hard questions ZPPO's buffer exists for)."""
+  rewards = jnp.asarray(rewards)
+  return jnp.all(rewards == rewards[:, :1], axis=1)
+
+
+# ---------------------------------------------------------------------------- aggregation
+
+AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def token_weights(loss_mask: Array, mode: str, max_tokens: int | None = None) -> Array:
+  """[B, T] weights that turn per-token losses into the batch loss by a plain sum.
+
+  token_mean:    every loss token of the batch counts the same (DAPO);
+  sequence_mean: mean over each sequence's tokens, then over sequences (original GRPO);
+  constant:      divided by B * max_tokens whatever the lengths (Dr. GRPO), with
+                 `max_tokens` the generation budget (default: T).
+  """
+  mask = loss_mask.astype(jnp.float32)
+  if mode == "token_mean":
+    return mask / jnp.maximum(mask.sum(), 1.0)
+  if mode == "sequence_mean":
+    per_row = jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+    rows = jnp.maximum((mask.sum(axis=1) > 0).sum(), 1)
+    return mask / per_row / rows
+  if mode == "constant":
+    return mask / (mask.shape[0] * (max_tokens or mask.shape[1]))
+  raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+
+
+def effective_mask(batch: dict, mask_truncated: bool) -> Array:
+  """The loss mask, without the completions cut off by the length limit when
+  `mask_truncated` (their missing ending would be graded as wrong)."""
+  mask = batch["loss_mask"].astype(jnp.float32)
+  if mask_truncated and "truncated" in batch:
+    mask = mask * (1.0 - batch["truncated"].astype(jnp.float32))[:, None]
+  return mask
+
+
+# ------------------------------------------------------------------- per-token pieces
+
+def kl_k3(logprobs: Array, ref_logprobs: Array) -> Array:
+  """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 >= 0."""
+  delta = ref_logprobs - logprobs
+  return jnp.exp(delta) - delta - 1.0
+
+
+CORRECTIONS = ("none", "truncate", "mask")
+
+
+def sampler_correction(train_logprobs: Array, sampler_logprobs: Array, mode: str,
+                       cap: float) -> Array:
+  """[B, T] weights for the mismatch between the sampler's log-probs and the train step's
+  recomputed ones (different kernels and precision give slightly different numbers):
+  "truncate" multiplies by min(pi_train / pi_sampler, cap) (truncated importance sampling),
+  "mask" drops tokens whose ratio is outside [1 / cap, cap], "none" is 1."""
+  if mode == "none":
+    return jnp.ones_like(train_logprobs)
+  ratio = jnp.exp(jax.lax.stop_gradient(train_logprobs - sampler_logprobs))
+  if mode == "truncate":
+    return jnp.minimum(ratio, cap)
+  if mode == "mask":
+    return ((ratio <= cap) & (ratio >= 1.0 / cap)).astype(jnp.float32)
+  raise ValueError(f"sampler correction must be one of {CORRECTIONS}, got {mode!r}")
+
+
+def clipped_surrogate(logprobs: Array, old_logprobs: Array, advantages: Array,
+                      epsilon_low: float, epsilon_high: float, mask: Array):
+  """PPO's clipped objective per token, as a loss: max(-A r, -A clip(r, 1-eps_low,
+  1+eps_high)) with r = pi / pi_old. Masked tokens are zeroed before the exp, so padding
+  with any old log-prob cannot overflow into the gradient. Returns (loss, ratio, clipped)."""
+  log_ratio = jnp.where(mask > 0, logprobs - old_logprobs, 0.0)
+  ratio = jnp.exp(log_ratio)
+  unclipped = -advantages * ratio
+  clipped = -advantages * jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+  loss = jnp.maximum(unclipped, clipped)
+  return loss, ratio, (clipped > unclipped).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------- the losses
+
+LOGPROB_FIELDS = ("old_logprobs", "sampler_logprobs", "ref_logprobs", "teacher_logprobs")
+
+
+def clean(batch: dict, logprobs: Array) -> dict:
+  """The batch with every stored log-prob replaced by the current (stop-gradient) one on
+  masked tokens, and teacher top-k log-probs by 0 there: padding may hold anything (-inf,
+  1e30), and a `where` after the fact would still send NaN through the gradient."""
+  mask = batch["loss_mask"] > 0
+  current = jax.lax.stop_gradient(logprobs)
+  out = {**batch, **{name: jnp.where(mask, batch[name], current)
+                     for name in LOGPROB_FIELDS if name in batch}}
+  if "teacher_topk_logprobs" in batch:
+    out["teacher_topk_logprobs"] = jnp.where(mask[..., None], batch["teacher_topk_logprobs"], 0.0)
+  return out
+
+
+def _old_logprobs(logprobs: Array, batch: dict) -> Array:
+  """The behaviour policy's log-probs: the batch's (recomputed before the first of several
+  passes), or the current ones without gradient (one pass: ratio 1, the plain policy
+  gradient)."""
+  old = jax.lax.stop_gradient(logprobs)
+  if "old_logprobs" not in batch:
+    return old
+  if "off_policy" in batch:  # teacher rows pretend to be on-policy: ratio 1 (see below)
+    return jnp.where(batch["off_policy"][:, None], old, batch["old_logprobs"])
+  return batch["old_logprobs"]
+
+
+def _policy_gradient(logprobs, batch, cfg, advantages):
+  """Clipped surrogate with per-token `advantages` [B, T], the sampler correction and the
+  optional KL to a reference; shared by GRPO and on-policy distillation."""
+  mask = batch["loss_mask"].astype(jnp.float32)
+  batch = clean(batch, logprobs)
+  old = _old_logprobs(logprobs, batch)
+  loss, ratio, clipped = clipped_surrogate(logprobs, old, advantages, cfg.epsilon_low,
+                                           cfg.epsilon_high, mask)
+  metrics = {"ratio": ratio, "clip_fraction": clipped}
+  if cfg.correction != "none" and "sampler_logprobs" in batch:
+    weight = sampler_correction(old, batch["sampler_logprobs"], cfg.correction,
+                                cfg.correction_cap)
+    if "off_policy" in batch:  # the sampler never produced teacher rows
+      weight = jnp.where(batch["off_policy"][:, None], 1.0, weight)
+    loss = loss * weight
+    metrics["sampler_weight"] = weight
+  if cfg.beta:
+    kl = kl_k3(logprobs, batch["ref_logprobs"])
+    loss = loss + cfg.beta * kl
+    metrics["kl"] = kl
+  return loss, metrics
+
+
+def grpo(scores: dict, batch: dict, cfg):
+  """GRPO / PPO clipped surrogate with sequence advantages `batch["advantages"]` [B].
+
+  "GRPO + teacher response" (the paper's drift baseline) puts the teacher's correct
+  response into the group, flagged by `batch["off_policy"]` [B]. Its rows are weighted as
+  if the student had sampled them: ratio 1 (pi_old := pi, no clipping, no sampler
+  correction), which is exactly the on-policy assumption the paper says it breaks. An
+  importance weight pi / pi_teacher would instead need the teacher's log-probs and is
+  unbounded where the student finds the teacher's tokens likely."""
+  logprobs = scores["logprobs"]
+  advantages = jnp.broadcast_to(batch["advantages"][:, None], logprobs.shape)
+  return _policy_gradient(logprobs, batch, cfg, advantages)
+
+
+def on_policy_distill(scores: dict, batch: dict, cfg):
+  """Reverse KL to the teacher on the student's own samples: each sampled token gets the
+  advantage -(log pi_student - log pi_teacher) (stop-gradient), whose policy gradient is
+  the gradient of the per-token reverse KL, through the same clipped surrogate as GRPO.
+  `batch["teacher_logprobs"]` [B, T] are the teacher's log-probs of the student's tokens."""
+  logprobs = scores["logprobs"]
+  batch = clean(batch, logprobs)
+  old = _old_logprobs(logprobs, batch)
+  reverse_kl = old - batch["teacher_logprobs"]
+  loss, metrics = _policy_gradient(logprobs, batch, cfg, -reverse_kl)
+  return loss, {**metrics, "reverse_kl": reverse_kl}
+
+
+def off_policy_distill(scores: dict, batch: dict, cfg):
+  """Supervised imitation of teacher responses: next-token NLL, plus `cfg.forward_kl` times
+  the forward KL to the teacher's distribution over its top-k tokens
+  (`batch["teacher_topk_logprobs"]` [B, T, K] at ids `teacher_topk_ids`, whose student
+  log-probs are `scores["topk_logprobs"]`)."""
+  nll = -scores["logprobs"]
+  metrics = {"nll": nll}
+  if cfg.forward_kl:
+    teacher = clean(batch, scores["logprobs"])["teacher_topk_logprobs"]
+    forward_kl = jnp.sum(jnp.exp(teacher) * (teacher - scores["topk_logprobs"]), axis=-1)
+    nll = nll + cfg.forward_kl * forward_kl
+    metrics["forward_kl"] = forward_kl
+  return nll, metrics
+
+
+POLICY_LOSSES: dict[str, Callable] = {
+    "grpo": grpo,
+    "on_policy_distill": on_policy_distill,
+    "off_policy_distill": off_policy_distill,
+}
+
+
+def get_policy_loss(name: str) -> Callable:
+  if name not in POLICY_LOSSES:
+    raise ValueError(f"loss.name must be one of {sorted(POLICY_LOSSES)}, got {name!r}")
+  return POLICY_LOSSES[name]
