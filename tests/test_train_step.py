@@ -15,11 +15,18 @@ from zppo_jax import logprobs, sharding
 from zppo_jax import train_step as ts
 from zppo_jax.models import qwen3_5
 
-CONFIG = qwen3_5.from_hf_dict(dict(
-    model_type="qwen3_5_text", vocab_size=128, hidden_size=64, intermediate_size=96,
-    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-    linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
-    linear_num_key_heads=2, linear_num_value_heads=4, tie_word_embeddings=False))
+
+def _model_config(**overrides):
+  """A 4-layer Qwen3.5 (3 Gated DeltaNet, 1 full attention) small enough to compile fast."""
+  return qwen3_5.from_hf_dict({**dict(
+      model_type="qwen3_5_text", vocab_size=128, hidden_size=64, intermediate_size=96,
+      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+      linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
+      linear_num_key_heads=2, linear_num_value_heads=4, tie_word_embeddings=False),
+      **overrides})
+
+
+CONFIG = _model_config()
 B, T = 8, 24
 
 
@@ -184,11 +191,9 @@ def test_logprob_memory_grows_with_chunk_not_vocab_times_length():
   """Compiled temp memory of the backward pass, over that of the model body alone: the
   chunked head adds O(B * chunk * vocab), far below one [B, T, vocab] float32 tensor, which
   a head on full logits adds several times over."""
-  config = qwen3_5.from_hf_dict(dict(
-      model_type="qwen3_5_text", vocab_size=8192, hidden_size=32, intermediate_size=32,
-      num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-      linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
-      linear_num_key_heads=1, linear_num_value_heads=2, tie_word_embeddings=True))
+  config = _model_config(vocab_size=8192, hidden_size=32, intermediate_size=32,
+                         num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=1,
+                         linear_num_value_heads=2, tie_word_embeddings=True)
   batch, length = 2, 512
   params = jax.eval_shape(lambda: qwen3_5.init_params(config, jax.random.key(0)))
   tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
