@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -53,3 +54,24 @@ def best_time(fn, repeats, warm_up=True):
     fn()
     best = min(best, time.perf_counter() - start)
   return best
+
+
+def arguments(doc: str, peer: str, repeats: int = 3):
+  """An argument parser with the options every benchmark shares."""
+  import argparse
+  parser = argparse.ArgumentParser(description=doc)
+  parser.add_argument("--model", default="small", help="'tiny' or 'small' (benchmarks/common.py) "
+                      "or a Qwen3.5 size from configs/models/qwen3_5.py, with random weights")
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--repeats", type=int, default=repeats)
+  parser.add_argument("--no_peer", action="store_true", help=f"skip {peer}")
+  parser.add_argument("--out", default=None)
+  return parser
+
+
+def write_result(result: dict, out: str | None):
+  """Prints the result as JSON, and writes it to `out` when given."""
+  print(json.dumps(result, indent=2))
+  if out:
+    with open(out, "w") as f:
+      json.dump(result, f, indent=2)

@@ -13,15 +13,13 @@ measured matmul FLOP/s that the JAX decode reaches.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import MODELS, bench_model, best_time
+from common import MODELS, arguments, bench_model, best_time, write_result
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 from zppo_jax import sampler  # noqa: E402
@@ -49,16 +47,10 @@ def flops_per_token(config, context):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--model", default="small", help="'tiny' or 'small' (benchmarks/common.py) "
-                      "or a Qwen3.5 size from configs/models/qwen3_5.py, with random weights")
+  parser = arguments(__doc__, peer="transformers")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--prompt", type=int, default=64)
   parser.add_argument("--new", type=int, default=128)
-  parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--no_peer", action="store_true", help="skip transformers")
-  parser.add_argument("--out", default=None)
   args = parser.parse_args()
   dtype = jnp.dtype(args.dtype)
 
@@ -114,10 +106,7 @@ def main():
     same = np.mean(np.array(ours) == reference[:, args.prompt:].numpy())
     result.update(hf_tok_s=tokens / t_hf, speedup=t_hf / t_greedy,
                   torch_threads=torch.get_num_threads(), greedy_tokens_equal=float(same))
-  print(json.dumps(result, indent=2))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
+  write_result(result, args.out)
 
 
 if __name__ == "__main__":

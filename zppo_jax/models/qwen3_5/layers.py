@@ -32,9 +32,16 @@ def gated_rms_norm(x, gate, weight, eps):
   return (x.astype(jnp.float32) * jax.nn.silu(gate.astype(jnp.float32))).astype(x.dtype)
 
 
+def dense(x, w):
+  """x [..., in] @ w [in, out], as one 2-D matmul: the weight gradient then contracts a
+  single flattened row dim, which XLA's CPU backend runs ~5x faster than a contraction
+  over [B, T] (accelerators see the same program either way)."""
+  return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + w.shape[1:])
+
+
 def mlp(p, x):
   """SwiGLU."""
-  return (jax.nn.silu(x @ p["gate_proj"]) * (x @ p["up_proj"])) @ p["down_proj"]
+  return dense(jax.nn.silu(dense(x, p["gate_proj"])) * dense(x, p["up_proj"]), p["down_proj"])
 
 
 def rope(positions, config: Qwen3_5Config, dtype):
@@ -58,7 +65,7 @@ def _apply_rope(x, cos, sin):
 
 
 def _linear(x, p, name):
-  y = x @ p[name]
+  y = dense(x, p[name])
   bias = p.get(name + "_bias")
   return y if bias is None else y + bias
 
@@ -147,15 +154,15 @@ def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_s
   """
   batch, length, _ = x.shape
   x = jnp.where(mask[..., None], x, 0)
-  mixed, padded = gated_delta.causal_conv1d(x @ p["in_proj_qkv"], p["conv1d"], conv_state)
+  mixed, padded = gated_delta.causal_conv1d(dense(x, p["in_proj_qkv"]), p["conv1d"], conv_state)
   mixed = jax.nn.silu(mixed)
   kd, hk, hv = config.linear_key_dim, config.linear_key_head_dim, config.linear_value_head_dim
   q = mixed[..., :kd].reshape(batch, length, -1, hk)
   k = mixed[..., kd:2 * kd].reshape(batch, length, -1, hk)
   v = mixed[..., 2 * kd:].reshape(batch, length, -1, hv)
-  beta = jax.nn.sigmoid((x @ p["in_proj_b"]).astype(jnp.float32))
+  beta = jax.nn.sigmoid((dense(x, p["in_proj_b"])).astype(jnp.float32))
   g = -jnp.exp(p["A_log"].astype(jnp.float32)) * jax.nn.softplus(
-      (x @ p["in_proj_a"]).astype(jnp.float32) + p["dt_bias"].astype(jnp.float32))
+      (dense(x, p["in_proj_a"])).astype(jnp.float32) + p["dt_bias"].astype(jnp.float32))
   beta = jnp.where(mask[..., None], beta, 0.0)
   g = jnp.where(mask[..., None], g, 0.0)
   if length == 1:
@@ -163,9 +170,9 @@ def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_s
   else:
     core, state = gated_delta.chunked_gated_delta_rule(
         q, k, v, g, beta, recurrent_state, chunk_size=chunk_size)
-  z = (x @ p["in_proj_z"]).reshape(batch, length, -1, hv)
+  z = (dense(x, p["in_proj_z"])).reshape(batch, length, -1, hv)
   core = gated_rms_norm(core, z, p["norm"], config.rms_norm_eps)
-  out = core.reshape(batch, length, -1) @ p["out_proj"]
+  out = dense(core.reshape(batch, length, -1), p["out_proj"])
 
   # End of the last real token (0 when none: the old state is kept).
   ends = jnp.max(jnp.where(mask, jnp.arange(1, length + 1), 0), axis=1)

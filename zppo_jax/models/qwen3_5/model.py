@@ -190,8 +190,8 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
 def logits_from_hidden(config: Qwen3_5Config, params, h):
   """[..., D] -> [..., vocab] through lm_head (or the tied embedding)."""
   if config.tie_word_embeddings:
-    return h @ params["embed"].T
-  return h @ params["lm_head"]
+    return layers.dense(h, params["embed"].T)
+  return layers.dense(h, params["lm_head"])
 
 
 def forward(config: Qwen3_5Config, params, input_ids, attention_mask=None, *,
