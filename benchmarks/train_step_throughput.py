@@ -114,7 +114,7 @@ def main():
   step = ts.jit_train_step(config, optimizer, cfg, mesh, shardings)
   state = {"s": ts.init_state(jax.device_put(params, shardings.params), optimizer, 0,
                               shardings)}
-  batch_j = jax.device_put(batch, ts.batch_sharding(mesh))
+  batch_j = ts.shard_batch(batch, mesh)
   losses_seen = []
 
   def jax_step():

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
@@ -107,6 +108,15 @@ def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
   """Leading (batch) dim over the `batch` rule's mesh axes; a prefix for every batch array."""
   axes = sharding.mesh_axes_of("batch", mesh, rules)
   return NamedSharding(mesh, PartitionSpec(axes or None))
+
+
+def shard_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+  """Global batch arrays from this host's rows (numpy): on several hosts each process
+  passes its own rows (the data pipeline's shard) and the result spans all of them; on one
+  host it is the batch itself, split over the devices."""
+  spec = batch_sharding(mesh, rules)
+  return {name: jax.make_array_from_process_local_data(spec, np.asarray(x))
+          for name, x in batch.items()}
 
 
 def init_state(params, optimizer, seed: int, shardings: TrainState | None = None) -> TrainState:
