@@ -159,7 +159,16 @@ def test_off_policy_distill_nll_and_top_k_forward_kl():
                              rtol=1e-6)
 
 
-def test_losses_are_chosen_by_name():
+def test_losses_are_chosen_by_name_and_name_missing_fields():
   assert losses.get_policy_loss("grpo") is losses.grpo
   with pytest.raises(ValueError, match="loss.name must be one of"):
     losses.get_policy_loss("ppo2")
+  scores, batch = {"logprobs": jnp.zeros((1, 2))}, {"loss_mask": jnp.ones((1, 2))}
+  with pytest.raises(ValueError, match=r"loss 'on_policy_distill' needs batch field\(s\) "
+                                       r"\['teacher_logprobs'\]"):
+    losses.on_policy_distill(scores, batch, _cfg())
+  with pytest.raises(ValueError, match=r"loss.beta = 0.1 needs batch field\(s\) "
+                                       r"\['ref_logprobs'\]"):
+    losses.grpo(scores, {**batch, "advantages": jnp.ones(1)}, _cfg(beta=0.1))
+  with pytest.raises(ValueError, match=r"loss.forward_kl = 0.5 .*'teacher_topk_ids'"):
+    losses.off_policy_distill(scores, batch, _cfg(forward_kl=0.5))

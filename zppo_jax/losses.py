@@ -123,6 +123,13 @@ def clipped_surrogate(logprobs: Array, old_logprobs: Array, advantages: Array,
 
 # --------------------------------------------------------------------------- the losses
 
+def require(batch: dict, fields, why: str):
+  """A clear error for a batch that lacks what the configured loss reads."""
+  missing = [f for f in fields if f not in batch]
+  if missing:
+    raise ValueError(f"{why} needs batch field(s) {missing}; the batch has {sorted(batch)}")
+
+
 LOGPROB_FIELDS = ("old_logprobs", "sampler_logprobs", "ref_logprobs", "teacher_logprobs")
 
 
@@ -168,6 +175,7 @@ def _policy_gradient(logprobs, batch, cfg, advantages):
     loss = loss * weight
     metrics["sampler_weight"] = weight
   if cfg.beta:
+    require(batch, ["ref_logprobs"], f"loss.beta = {cfg.beta}")
     kl = kl_k3(logprobs, batch["ref_logprobs"])
     loss = loss + cfg.beta * kl
     metrics["kl"] = kl
@@ -183,6 +191,7 @@ def grpo(scores: dict, batch: dict, cfg):
   correction), which is exactly the on-policy assumption the paper says it breaks. An
   importance weight pi / pi_teacher would instead need the teacher's log-probs and is
   unbounded where the student finds the teacher's tokens likely."""
+  require(batch, ["advantages"], "loss 'grpo'")
   logprobs = scores["logprobs"]
   advantages = jnp.broadcast_to(batch["advantages"][:, None], logprobs.shape)
   return _policy_gradient(logprobs, batch, cfg, advantages)
@@ -193,6 +202,7 @@ def on_policy_distill(scores: dict, batch: dict, cfg):
   advantage -(log pi_student - log pi_teacher) (stop-gradient), whose policy gradient is
   the gradient of the per-token reverse KL, through the same clipped surrogate as GRPO.
   `batch["teacher_logprobs"]` [B, T] are the teacher's log-probs of the student's tokens."""
+  require(batch, ["teacher_logprobs"], "loss 'on_policy_distill'")
   logprobs = scores["logprobs"]
   batch = clean(batch, logprobs)
   old = _old_logprobs(logprobs, batch)
@@ -209,6 +219,9 @@ def off_policy_distill(scores: dict, batch: dict, cfg):
   nll = -scores["logprobs"]
   metrics = {"nll": nll}
   if cfg.forward_kl:
+    require({**batch, **scores}, ["topk_logprobs", "teacher_topk_logprobs"],
+            f"loss.forward_kl = {cfg.forward_kl} (student top-k log-probs come from "
+            f"batch field 'teacher_topk_ids')")
     teacher = clean(batch, scores["logprobs"])["teacher_topk_logprobs"]
     forward_kl = jnp.sum(jnp.exp(teacher) * (teacher - scores["topk_logprobs"]), axis=-1)
     nll = nll + cfg.forward_kl * forward_kl
