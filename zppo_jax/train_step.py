@@ -44,7 +44,6 @@ def default_config() -> ml_collections.ConfigDict:
           aggregation="token_mean", max_tokens=0, correction="truncate", correction_cap=2.0,
           mask_truncated=False, forward_kl=0.0),
       micro_batches=1,         # gradient accumulation: the batch is cut into this many
-      num_iterations=1,        # optimisation passes over one rollout batch (PPO epochs)
       logprob_chunk=256,       # sequence positions per chunk of the vocabulary projection
       delta_chunk_size=64,     # chunk of the Gated DeltaNet chunked rule
       remat="none",            # per layer block: none | full | dots

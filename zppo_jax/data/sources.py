@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from zppo_jax.data.records import DataError, Question, parse_row
+from zppo_jax.rewards import extract_boxed
 
 
 class JsonlSource:
@@ -66,7 +67,6 @@ def _after_hashes(text: str) -> str:
 
 def _last_boxed(text: str) -> str:
   """MATH's gold: the last `\\boxed{}` of its solution."""
-  from zppo_jax.rewards import extract_boxed
   boxed = extract_boxed(text)
   if boxed is None:
     raise ValueError("no \\boxed{} answer")

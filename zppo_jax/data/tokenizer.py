@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 
 import tokenizers
 
+from zppo_jax.rewards import THINK_CLOSE, THINK_OPEN
+
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-THINK, THINK_END = "<think>", "</think>"
-REQUIRED_TOKENS = (ENDOFTEXT, IM_START, IM_END, THINK, THINK_END)
+REQUIRED_TOKENS = (ENDOFTEXT, IM_START, IM_END, THINK_OPEN, THINK_CLOSE)
 ROLES = ("system", "user", "assistant")
 # What the generation prompt opens the assistant turn with, by thinking mode. With thinking,
 # the student's sampled tokens continue inside `<think>`.
-GENERATION_PREFIX = {True: f"{THINK}\n", False: f"{THINK}\n\n{THINK_END}\n\n"}
+GENERATION_PREFIX = {True: f"{THINK_OPEN}\n", False: f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"}
 
 
 def _check_messages(messages: Sequence[Mapping]) -> int:
@@ -52,9 +53,9 @@ def _split_reasoning(message: Mapping) -> tuple[str, str]:
   reasoning = message.get("reasoning_content")
   if isinstance(reasoning, str):
     return reasoning.strip(), content.strip()
-  if THINK_END in content:
-    before, after = content.split(THINK_END, 1)[0], content.rsplit(THINK_END, 1)[1]
-    return before.rsplit(THINK, 1)[-1].strip(), after.strip()
+  if THINK_CLOSE in content:
+    before, after = content.split(THINK_CLOSE, 1)[0], content.rsplit(THINK_CLOSE, 1)[1]
+    return before.rsplit(THINK_OPEN, 1)[-1].strip(), after.strip()
   return "", content.strip()
 
 
@@ -74,7 +75,7 @@ def render_chat(messages: Sequence[Mapping], add_generation_prompt: bool = True,
       continue
     reasoning, answer = _split_reasoning(message)
     if i > last_user:
-      answer = f"{THINK}\n{reasoning}\n{THINK_END}\n\n{answer}"
+      answer = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{answer}"
     parts.append(f"{IM_START}assistant\n{answer}{IM_END}\n")
   if add_generation_prompt:
     parts.append(f"{IM_START}assistant\n{GENERATION_PREFIX[bool(enable_thinking)]}")
@@ -132,7 +133,7 @@ class Tokenizer:
                        f"defines all of {list(REQUIRED_TOKENS)}")
     self.endoftext_id, self.im_start_id, self.im_end_id = (
         ids[ENDOFTEXT], ids[IM_START], ids[IM_END])
-    self.think_id, self.think_end_id = ids[THINK], ids[THINK_END]
+    self.think_id, self.think_end_id = ids[THINK_OPEN], ids[THINK_CLOSE]
 
   @classmethod
   def load(cls, path: str, use_checkpoint_template: bool = True) -> Tokenizer:
