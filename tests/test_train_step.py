@@ -64,21 +64,22 @@ def _params():
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(mesh_shape, cfg_json):
+def _compiled(mesh_shape, cfg_json, axis_types):
   """(mesh, optimizer, state shardings, jitted step), one per layout and config."""
   cfg = ts.default_config()
   cfg.update(json.loads(cfg_json))
-  mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+  mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))],
+                            axis_types=axis_types)
   optimizer = ts.make_optimizer(cfg.optimizer)
   shardings = ts.state_shardings(CONFIG, optimizer, mesh)
   return mesh, optimizer, shardings, ts.jit_train_step(CONFIG, optimizer, cfg, mesh, shardings)
 
 
-def _run(mesh_shape=(1, 1, 1), batch=None, **overrides):
+def _run(mesh_shape=(1, 1, 1), batch=None, axis_types="auto", **overrides):
   """One step from the initial params on a mesh of the first prod(mesh_shape) devices:
   (new state, metrics)."""
   cfg = _cfg(**overrides)
-  mesh, optimizer, shardings, step = _compiled(mesh_shape, cfg.to_json())
+  mesh, optimizer, shardings, step = _compiled(mesh_shape, cfg.to_json(), axis_types)
   state = ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0, shardings)
   batch = _batch() if batch is None else batch
   ts.check_batch(batch, mesh, cfg)
@@ -126,6 +127,20 @@ def test_sharded_step_matches_one_device(mesh_shape, one_device):
         f"{m.sharding} != {p.sharding}"), moment, state.params)
   shard = state.params["embed"].addressable_shards[0].data.shape
   assert shard == (CONFIG.vocab_size // tensor, CONFIG.hidden_size // fsdp)
+
+
+def test_explicit_sharding_mode_matches_one_device(one_device):
+  """On a mesh with JAX's explicit axes the same step (here with 2 micro-batches) gives the
+  one-device result, and the new params' types carry the rules' shardings."""
+  ref_state, ref = one_device
+  state, metrics = _run((2, 2, 2), axis_types="explicit", micro_batches=2)
+  for name in ("loss", "grad_norm", "ratio", "entropy", "sampler_weight"):
+    np.testing.assert_allclose(metrics[name], ref[name], rtol=1e-4, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               state.params, ref_state.params)
+  embed = jax.typeof(state.params["embed"]).sharding
+  assert embed.mesh.axis_types == (jax.sharding.AxisType.Explicit,) * 3
+  assert embed.spec == PartitionSpec("tensor", "fsdp")
 
 
 def test_gradient_accumulation_equals_one_big_batch():

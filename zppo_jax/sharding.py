@@ -35,10 +35,17 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
+
+
 def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = MESH_AXES,
-              devices=None) -> Mesh:
+              devices=None, axis_types: str = "auto") -> Mesh:
   """A mesh over all devices (all hosts). `shape` may hold one -1, filled with what is left;
-  None puts every device on the first axis (pure data parallelism)."""
+  None puts every device on the first axis (pure data parallelism). `axis_types` is JAX's
+  sharding mode for every axis: "auto" (the compiler propagates shardings) or "explicit"
+  (array types carry them)."""
+  if axis_types not in AXIS_TYPES:
+    raise ValueError(f"mesh axis_types must be one of {sorted(AXIS_TYPES)}, got {axis_types!r}")
   devices = jax.devices() if devices is None else devices
   n = len(devices)
   shape = [n] + [1] * (len(axis_names) - 1) if shape is None else list(shape)
@@ -53,8 +60,14 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
     shape[shape.index(-1)] = n // rest
   if math.prod(shape) != n:
     raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, {n} are present")
-  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape),
+  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AXIS_TYPES[axis_types],) * len(shape),
                        devices=devices)
+
+
+def explicit_axes(mesh) -> tuple[str, ...]:
+  """Names of the mesh's axes in JAX's explicit sharding mode (array types carry them)."""
+  return tuple(name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+               if kind == AxisType.Explicit)
 
 
 def mesh_axes_of(name: str | None, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[str, ...]:

@@ -130,19 +130,40 @@ def init_state(params, optimizer, seed: int, shardings: TrainState | None = None
   return jax.jit(build, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
 
-def score(params, batch, *, model_config, cfg, with_entropy: bool = True):
+def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
+          batch_spec: NamedSharding | None = None):
   """The policy's scores of the batch's tokens (`logprobs.token_scores`) in compute dtype."""
   dtype = jnp.dtype(cfg.compute_dtype)
-  params = jax.tree.map(lambda p: p.astype(dtype), params)
-  return logprobs_lib.token_scores(
-      model_config, params, batch["tokens"], batch["attention_mask"],
-      chunk_size=cfg.logprob_chunk, topk_ids=batch.get("teacher_topk_ids"),
-      with_entropy=with_entropy, delta_chunk_size=cfg.delta_chunk_size, remat=cfg.remat)
+
+  def scores(params, tokens, attention_mask, topk_ids):
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    return logprobs_lib.token_scores(
+        model_config, params, tokens, attention_mask, chunk_size=cfg.logprob_chunk,
+        topk_ids=topk_ids, with_entropy=with_entropy, delta_chunk_size=cfg.delta_chunk_size,
+        remat=cfg.remat)
+
+  inputs = (batch["tokens"], batch["attention_mask"], batch.get("teacher_topk_ids"))
+  if batch_spec is not None:
+    inputs = _split_rows(inputs, batch_spec)
+    if sharding.explicit_axes(batch_spec.mesh):
+      # Under explicit axes the model body runs in auto mode (the compiler places its
+      # activations); params, batch, scores and gradients keep their explicit types.
+      scores = jax.sharding.auto_axes(scores, out_sharding=batch_spec)
+  return scores(params, *inputs)
 
 
-def _loss(params, batch, weights, *, model_config, cfg):
+def _split_rows(tree, batch_spec: NamedSharding):
+  """Batch arrays with their rows over the batch axes: a type in explicit mode (a jit
+  argument passed as a host array arrives untyped even with in_shardings), a constraint
+  in auto mode (rows of a micro-batch stay split)."""
+  if sharding.explicit_axes(batch_spec.mesh):
+    return jax.tree.map(lambda x: jax.sharding.reshard(x, batch_spec), tree)
+  return jax.lax.with_sharding_constraint(tree, batch_spec)
+
+
+def _loss(params, batch, weights, *, model_config, cfg, batch_spec):
   """(sum of weighted per-token losses, metric sums) of one micro-batch."""
-  scores = score(params, batch, model_config=model_config, cfg=cfg)
+  scores = score(params, batch, model_config=model_config, cfg=cfg, batch_spec=batch_spec)
   per_token, metrics = losses.get_policy_loss(cfg.loss.name)(scores, batch, cfg.loss)
   loss = jnp.sum(weights * per_token)
   mask = batch["loss_mask"]
@@ -166,11 +187,14 @@ def train_step(state: TrainState, batch: dict, *, model_config, optimizer, cfg,
   Returns the new state and scalar metrics: loss, grad_norm, learning_rate, tokens, and
   loss-token means of entropy, logprob and each loss's own metrics (ratio, clip_fraction,
   kl, sampler_weight, reverse_kl, nll, forward_kl)."""
+  if batch_spec is not None:
+    batch = _split_rows(batch, batch_spec)
   mask = losses.effective_mask(batch, cfg.loss.mask_truncated)
   weights = losses.token_weights(mask, cfg.loss.aggregation, cfg.loss.max_tokens or None)
   batch = {**batch, "loss_mask": mask}
   grad_fn = jax.value_and_grad(
-      functools.partial(_loss, model_config=model_config, cfg=cfg), has_aux=True)
+      functools.partial(_loss, model_config=model_config, cfg=cfg, batch_spec=batch_spec),
+      has_aux=True)
   k = cfg.micro_batches
   if k == 1:
     (_, sums), grads = grad_fn(state.params, batch, weights)
@@ -179,12 +203,14 @@ def train_step(state: TrainState, batch: dict, *, model_config, optimizer, cfg,
 
     def accumulate(carry, micro):
       if batch_spec is not None:
-        micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_spec), micro)
+        micro = _split_rows(micro, batch_spec)
       (_, sums), grads = grad_fn(state.params, *micro)
       return jax.tree.map(lambda c, x: c + x.astype(c.dtype), carry, (grads, sums)), None
 
     (_, sums), _ = jax.eval_shape(grad_fn, state.params, *jax.tree.map(lambda x: x[0], micro))
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), (state.params, sums))
+    # zeros_like keeps each param's sharding, which explicit mode needs in the scan carry
+    zeros = (jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), state.params),
+             jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), sums))
     (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -229,5 +255,6 @@ def jit_score(model_config, cfg, mesh, param_sharding, rules=sharding.DEFAULT_RU
   """`score` jitted for a sharded model: old, reference or teacher log-probs [B, T] of a
   batch (the teacher passes its own config and params on the same mesh)."""
   spec = batch_sharding(mesh, rules)
-  fn = functools.partial(score, model_config=model_config, cfg=cfg, with_entropy=with_entropy)
+  fn = functools.partial(score, model_config=model_config, cfg=cfg, with_entropy=with_entropy,
+                         batch_spec=spec)
   return jax.jit(fn, in_shardings=(param_sharding, spec), out_shardings=spec)
