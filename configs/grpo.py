@@ -1,0 +1,13 @@
+"""GRPO without the replay buffer (the paper's GRPO).
+
+    python -m zppo_jax.train --config configs/grpo.py[:size=0.8b,mesh=tpu_v5p] --workdir DIR
+
+Without options it runs on the tiny built-in models; see run_config.method_config for the
+options (size, mesh, root, buffer, ablations).
+"""
+
+from zppo_jax import run_config
+
+
+def get_config(arg=None):
+  return run_config.method_config("grpo", arg)

@@ -1,0 +1,20 @@
+"""The built-in tiny default: the whole ZPPO loop on a 2-core CPU, nothing to download.
+
+    python -m zppo_jax.train --config configs/tiny.py --workdir /tmp/zppo
+
+Student and teacher are the tiny Qwen3.5-architecture checkpoints shipped in
+zppo_jax/assets (made by configs/tiny_sft.py from random weights, on the synthetic
+arithmetic task); the teacher is sampled in-process, so BCQ (teacher solved, student
+mostly wrong), NCQ (teacher could not) and graduation all happen within a few steps.
+"""
+
+from zppo_jax import run_config
+
+
+def get_config(arg=None):
+  c = run_config.method_config("zppo", arg)
+  c.method = "zppo-tiny"
+  c.teacher.source = "model"
+  c.total_steps = 30
+  c.train.optimizer.total_steps = 30
+  return c

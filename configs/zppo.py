@@ -1,0 +1,13 @@
+"""ZPPO: GRPO with the prompt replay buffer, plus BCQ/NCQ reformulations of hard questions.
+
+    python -m zppo_jax.train --config configs/zppo.py[:size=0.8b,mesh=tpu_v5p] --workdir DIR
+
+Without options it runs on the tiny built-in models; see run_config.method_config for the
+options (size, mesh, root, buffer, ablations).
+"""
+
+from zppo_jax import run_config
+
+
+def get_config(arg=None):
+  return run_config.method_config("zppo", arg)

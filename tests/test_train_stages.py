@@ -1,0 +1,124 @@
+"""The trainer's pure stages (batch assembly, reformulation, teacher in the group) and the
+method configs."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zppo_jax import run_config, train
+from zppo_jax.data.records import Question
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+Q = Question(id="q1", question="Compute 2 + 3.", answer="5",
+             teacher_responses=("<think>\n2 + 3 = 5\n</think>\nThe answer is $\\boxed{5}$.",))
+
+
+def _group(rewards, kind=train.ORIGINAL, prompt=(1, 2, 3)):
+  rewards = np.asarray(rewards, np.float32)
+  texts = [f"<think>\nguess\n</think>\n\\boxed{{{5 if r else 7}}}" for r in rewards]
+  comps = [[10 + i] * (2 + i) for i in range(len(rewards))]
+  return train.Group(kind, Q, list(prompt), comps, [[-1.0] * len(c) for c in comps],
+                     [False] * len(rewards), texts, rewards, np.zeros(len(rewards), bool))
+
+
+def test_make_batch_trains_only_on_completions():
+  groups = [_group([1, 0, 0]), _group([0, 1, 1], kind=train.BCQ, prompt=(4, 5))]
+  adv = [np.array([1.0, -0.5, -0.5]), np.array([-1.0, 0.5, 0.5])]
+  batch = train.make_batch(groups, adv, rows_multiple=4, pad_id=0)
+  assert batch["tokens"].shape == (8, 32)  # 6 rows -> 8 (power of two, multiple of 4)
+  # row 0: prompt (1, 2, 3) then completion [10, 10]; loss only on the completion
+  np.testing.assert_array_equal(batch["tokens"][0, :5], [1, 2, 3, 10, 10])
+  np.testing.assert_array_equal(batch["loss_mask"][0, :6], [0, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(batch["attention_mask"][0, :6], [1, 1, 1, 1, 1, 0])
+  np.testing.assert_array_equal(batch["sampler_logprobs"][0, 3:5], [-1, -1])
+  np.testing.assert_array_equal(batch["loss_mask"][3, :2], [0, 0])  # BCQ prompt (4, 5)
+  assert batch["loss_mask"][3].sum() == 2
+  assert batch["loss_mask"][6:].sum() == 0 and batch["attention_mask"][6:].sum() == 0
+  np.testing.assert_array_equal(batch["advantages"][:6], [1, -0.5, -0.5, -1, 0.5, 0.5])
+
+
+def _config(**zppo):
+  c = run_config.method_config("zppo")
+  c.zppo.update(zppo)
+  return c
+
+
+def test_reformulate_bcq_when_solved_ncq_when_not():
+  rng = np.random.default_rng(0)
+  hard = [_group([0, 0, 1, 0])]
+  solved = {"q1": [Q.teacher_responses[0]]}
+  out = train.reformulate(_config(), hard, solved, rng, len)
+  assert [kind for kind, _, _ in out] == [train.BCQ]
+  text = out[0][2]
+  assert text.startswith(Q.question) and "\\boxed{5}" in text and "\\boxed{7}" in text
+  assert "teacher" not in text.lower() and "<think>" not in text
+  out = train.reformulate(_config(), hard, {"q1": []}, rng, len)
+  assert [kind for kind, _, _ in out] == [train.NCQ]
+  assert "\\boxed{7}" in out[0][2] and "\\boxed{5}" not in out[0][2]
+  out = train.reformulate(_config(ncq_policy="always", bcq_per_question=2), hard, solved, rng,
+                          len)
+  assert [kind for kind, _, _ in out] == [train.BCQ, train.BCQ, train.NCQ]
+  assert train.reformulate(_config(bcq=False, ncq=False), hard, solved, rng, len) == []
+
+
+def test_teacher_response_replaces_a_wrong_rollout():
+  class Tok:
+    im_end_id = 99
+
+    def encode(self, text):
+      return [len(text)]
+
+  group = _group([1, 0, 0])
+  c = run_config.method_config("grpo_teacher_response")
+  train.teacher_in_group([group], {"q1": [Q.teacher_responses[0]]}, Tok(), c)
+  np.testing.assert_array_equal(group.off_policy, [False, False, True])
+  np.testing.assert_array_equal(group.rewards, [1, 0, 1])
+  assert group.completions[2][-1] == 99 and group.texts[2] == Q.teacher_responses[0]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
+def test_every_config_validates(path):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  train.validate(config)
+  if os.path.basename(path) in ("tiny.py", "tiny_sft.py"):
+    return
+  for arg in ("size=0.8b", "size=9b,mesh=gpu_8xh100", "buffer"):
+    big = module.get_config(arg)
+    train.validate(big)
+  assert module.get_config("size=2b").student.path.endswith("Qwen3.5-2B")
+
+
+def test_method_options():
+  assert run_config.method_config("zppo", "bcq_only").zppo.ncq is False
+  assert run_config.method_config("zppo", "ncq_always").zppo.ncq_policy == "always"
+  assert run_config.method_config("zppo", "capacity=7").buffer.capacity == 7
+  assert run_config.method_config("grpo").buffer.enabled is False
+  assert run_config.method_config("on_policy_distill", "buffer").buffer.enabled is True
+  with pytest.raises(ValueError, match="unknown config option"):
+    run_config.method_config("zppo", "capacty=7")
+  c = run_config.method_config("grpo")
+  c.zppo.bcq = True
+  with pytest.raises(ValueError, match="teacher.source"):
+    train.validate(c)
+
+
+def test_command_line_names_bad_overrides(tmp_path):
+  """An unknown key or a wrong type fails before anything loads, naming the field."""
+  def run(*flags):
+    return subprocess.run([sys.executable, "-m", "zppo_jax.train", "--config", "configs/tiny.py",
+                           "--workdir", str(tmp_path), *flags], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  bad_key = run("--config.buffer.capacityy=3")
+  assert bad_key.returncode != 0 and "capacityy" in bad_key.stderr
+  bad_type = run("--config.total_steps=many")
+  assert bad_type.returncode != 0 and "total_steps" in bad_type.stderr
+  bad_value = run("--config.teacher.source=oracle")
+  assert bad_value.returncode != 0 and "config.teacher.source must be one of" in bad_value.stderr

@@ -1,0 +1,66 @@
+"""Run checkpoints with orbax: the sharded train state plus a JSON of host-side state.
+
+A checkpoint holds `state` (params, optimizer state, step, RNG: restored straight into
+their shardings) and `host` (replay buffer, data-iterator position, anything else the loop
+needs to continue exactly). Orbax writes each step into a temporary directory and renames
+it when complete, so a crash mid-save never leaves a half checkpoint that looks whole; a
+newest checkpoint that is nonetheless unreadable (a truncated file, a bad disk) is skipped
+for the one before it, with a warning naming both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+  """Saves every `every` steps (asynchronously if `async_save`), keeps the last `keep`."""
+
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+    if every < 1 or keep < 1:
+      raise ValueError(f"checkpoint.every and checkpoint.keep must be >= 1, got {every}, {keep}")
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every,
+            enable_async_checkpointing=async_save))
+
+  def save(self, step: int, state, host: dict, *, force: bool = False) -> bool:
+    """Starts saving (returns at once when async); False when `step` is not a save step."""
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=force)
+
+  def restore_latest(self, abstract_state):
+    """(step, state, host) of the newest readable checkpoint, or None when there is none.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct with shardings: arrays are read
+    directly into them.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
+      except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+        after = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
+        logging.warning("checkpoint %s/%d is unreadable (%s: %s); %s", self.directory, step,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", after)
+        continue
+      return step, restored.state, restored.host
+    return None
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree` (arrays or shapes) placed by `shardings` (same structure)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

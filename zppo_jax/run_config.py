@@ -1,0 +1,210 @@
+"""The run configuration: every field the trainer reads, and the paper's methods as presets.
+
+Config files in `configs/` are a few lines on top of this (big_vision style):
+
+    def get_config(arg=None):
+      return run_config.method_config("zppo", arg)
+
+and any field is overridden on the command line, `--config.buffer.capacity=256`. `arg`
+(after the file name, `--config configs/zppo.py:size=2b,bcq_only`) selects the model scale
+and ablations; see `method_config`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from zppo_jax import train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_DIR = os.path.join(REPO, "zppo_jax", "assets")
+TEACHER_SOURCES = ("none", "dataset", "model")
+NCQ_POLICIES = ("unsolved", "always")
+
+# Real scale: student sizes trained with the 27B teacher, and starting mesh shapes
+# (data, fsdp, tensor) per platform; -1 takes the remaining devices.
+SIZES = ("0.8b", "2b", "4b", "9b")
+MESHES = {
+    "cpu": (1, -1, 1),
+    "gpu_8xh100": (1, 8, 1),        # FSDP over one 8-GPU node (27B teacher bf16 ~54 GB)
+    "tpu_v5p": (1, -1, 1),          # FSDP over the slice (95 GB HBM per chip)
+    "tpu_v6e": (1, -1, 4),          # 32 GB per chip: heads split 4 ways as well
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields, with defaults for a ZPPO run on the tiny built-in models."""
+  c = ml_collections.ConfigDict()
+  c.method = "zppo"             # a name for logs; behaviour comes from the fields below
+  c.seed = 0
+  c.total_steps = 40            # optimizer steps of the run (`--config.total_steps=N`)
+
+  c.student = dict(
+      path=os.path.join(TINY_DIR, "tiny_student"),  # a Hugging Face checkpoint directory
+      dtype="float32",
+      init="checkpoint",        # checkpoint | random (from `architecture`, HF config fields)
+      architecture={})
+  c.tokenizer = ""              # tokenizer.json directory; "" = the student's
+  c.teacher = dict(
+      source="dataset",         # none | dataset (Question.teacher_responses) | model
+      path=os.path.join(TINY_DIR, "tiny_teacher"),  # HF checkpoint when source == "model"
+      dtype="float32",
+      num_rollouts=4,           # teacher samples per hard question (source == "model")
+      temperature=1.0,
+      max_new_tokens=160)
+
+  c.data = dict(
+      source="synthetic",       # synthetic | a .jsonl / .parquet path | tfds:<name>[:split]
+      synthetic_size=20000,
+      level_weights=(0.3, 0.3, 0.25, 0.15),
+      tfds_data_dir="",
+      on_error="raise",         # raise | skip malformed rows
+      shuffle=True)
+  c.questions_per_step = 8      # new questions per step (per process)
+
+  c.rollout = dict(
+      group_size=8,             # G, rollouts per question (and per BCQ/NCQ prompt)
+      max_new_tokens=160,
+      temperature=1.0,          # the train step scores at temperature 1: keep 1 for on-policy
+      top_p=1.0,
+      enable_thinking=True,
+      system="")
+
+  c.reward = dict(format_weight=0.0, timeout_s=2)
+
+  c.buffer = dict(
+      enabled=True,
+      capacity=64,
+      threshold=0.5,            # admit below, graduate at or above
+      replay_per_step=4,        # buffered questions replayed per step (new:replay mix)
+      replay_order="uniform")   # uniform | oldest
+
+  c.zppo = dict(
+      bcq=True,                 # teacher solved x: question + correct teacher + wrong student
+      ncq=True,                 # question + the student's wrong rollouts
+      ncq_policy="unsolved",    # unsolved (teacher cannot solve x) | always
+      bcq_per_question=1,       # BCQ prompts per hard question, each with another wrong rollout
+      max_prompt_tokens=768,    # budget of a BCQ/NCQ user message (tokenizer tokens)
+      max_candidate_tokens=256,
+      max_ncq_responses=4)
+
+  c.teacher_in_group = False    # GRPO + teacher response: a correct teacher response
+                                # replaces one wrong rollout of a hard question's group
+  c.distill = dict(
+      correct_only=True,        # off-policy distillation imitates graded-correct responses
+      student_rollouts=True)    # False: pure SFT, no student sampling (needs buffer off)
+
+  c.dynamic_sampling = dict(
+      enabled=False,            # drop zero-variance groups from the update (DAPO) ...
+      max_rounds=0)             # ... and top up with up to this many extra batches of new
+                                #     questions while fewer than questions_per_step remain
+
+  c.num_iterations = 1          # optimisation passes over one rollout batch (PPO epochs)
+  c.train = train_step.default_config()
+  c.train.optimizer.update(learning_rate=5e-5, warmup_steps=0, total_steps=40)
+  c.train.compute_dtype = "float32"
+
+  c.mesh = dict(shape=MESHES["cpu"], axis_types="auto")
+
+  c.checkpoint = dict(every=10, keep=3, async_save=True)
+  c.log = dict(every=1, samples_every=10, num_samples=2, tensorboard=True, progress=True)
+  c.export = dict(at_end=True, dir="")  # "" = <workdir>/export
+  return c
+
+
+def _options(arg: str | None) -> dict[str, str]:
+  """"size=2b,bcq_only" -> {"size": "2b", "bcq_only": ""}."""
+  out = {}
+  for part in filter(None, (arg or "").split(",")):
+    key, _, value = part.partition("=")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def _methods(c, name: str, buffer: bool):
+  zppo = name == "zppo"
+  c.method = name + ("+buffer" if buffer and name not in ("zppo", "grpo_buffer",
+                                                          "grpo_teacher_response") else "")
+  c.buffer.enabled = buffer
+  c.zppo.bcq = c.zppo.ncq = zppo
+  c.teacher.source = "dataset" if name in ("zppo", "grpo_teacher_response",
+                                           "off_policy_distill") else "none"
+  if name == "grpo_teacher_response":
+    c.teacher_in_group = True
+  if name == "on_policy_distill":
+    c.train.loss.name = "on_policy_distill"
+    c.teacher.source = "model"
+  if name == "off_policy_distill":
+    c.train.loss.name = "off_policy_distill"
+
+
+METHODS = ("zppo", "grpo", "grpo_buffer", "grpo_teacher_response", "on_policy_distill",
+           "off_policy_distill")
+ABLATIONS = ("bcq_only", "ncq_only", "ncq_always", "capacity", "threshold", "buffer")
+
+
+def method_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config of one method of the paper's comparison.
+
+  `arg` options (comma separated):
+    size=0.8b|2b|4b|9b   real scale: Qwen3.5 student of that size, 27B teacher sampled
+                         in-process, paths under `root=` (default /checkpoints), mesh=
+    mesh=cpu|gpu_8xh100|tpu_v5p|tpu_v6e
+    buffer               the † variant of a baseline (same replay buffer as ZPPO)
+    bcq_only, ncq_only, ncq_always, capacity=N, threshold=X   ZPPO ablations
+  """
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
+  opts = _options(arg)
+  unknown = set(opts) - set(ABLATIONS) - {"size", "mesh", "root"}
+  if unknown:
+    raise ValueError(f"unknown config option(s) {sorted(unknown)} for {name}; options are "
+                     f"size=, mesh=, root=, {', '.join(ABLATIONS)}")
+  c = base_config()
+  _methods(c, name, buffer=name in ("zppo", "grpo_buffer", "grpo_teacher_response")
+           or "buffer" in opts)
+  if "bcq_only" in opts:
+    c.zppo.ncq = False
+  if "ncq_only" in opts:
+    c.zppo.bcq = False
+  if "ncq_always" in opts:
+    c.zppo.ncq_policy = "always"
+  if "capacity" in opts:
+    c.buffer.capacity = int(opts["capacity"])
+  if "threshold" in opts:
+    c.buffer.threshold = float(opts["threshold"])
+  if "size" in opts:
+    _real_scale(c, opts["size"], opts.get("root", "/checkpoints"), opts.get("mesh", "tpu_v5p"))
+  elif "mesh" in opts:
+    c.mesh.shape = MESHES[opts["mesh"]]
+  return c
+
+
+def _real_scale(c, size: str, root: str, mesh: str):
+  """Official Qwen3.5 weights (downloaded beforehand, e.g. `huggingface-cli download
+  Qwen/Qwen3.5-0.8B --local-dir /checkpoints/Qwen3.5-0.8B`) and the paper-like settings."""
+  if size not in SIZES:
+    raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+  if mesh not in MESHES:
+    raise ValueError(f"mesh must be one of {sorted(MESHES)}, got {mesh!r}")
+  c.student.path = os.path.join(root, f"Qwen3.5-{size.upper()}")
+  c.student.dtype = "float32"                    # master weights; compute in bfloat16
+  c.train.compute_dtype = "bfloat16"
+  c.train.remat = "full"
+  c.train.micro_batches = 4
+  c.train.optimizer.update(learning_rate=1e-6, warmup_steps=10, total_steps=200,
+                           schedule="constant")
+  c.total_steps = 200
+  if c.teacher.source != "none":
+    c.teacher.source = "model"
+  c.teacher.update(path=os.path.join(root, "Qwen3.5-27B"), dtype="bfloat16", num_rollouts=4,
+                   max_new_tokens=4096)
+  c.data.source = "tfds:math_dataset"
+  c.questions_per_step = 64
+  c.rollout.update(group_size=8, max_new_tokens=4096)
+  c.buffer.update(capacity=2048, replay_per_step=64)
+  c.zppo.update(max_prompt_tokens=8192, max_candidate_tokens=3072)
+  c.mesh.shape = MESHES[mesh]
+  c.checkpoint.every = 20

@@ -1,0 +1,623 @@
+r"""The ZPPO training loop (and every baseline of the paper, by config).
+
+    python -m zppo_jax.train --config configs/tiny.py --workdir /tmp/zppo \
+        [--config.total_steps=20] [--export_only]
+
+One step, as `../shared/ZPPO.md` describes it, each stage a function below:
+  questions      new questions from the data pipeline + questions replayed from the buffer
+  roll_out       the student samples G completions per question; `grade` scores them
+  teacher_pass   the teacher answers the hard ones (in-process sampler, or the dataset's
+                 precomputed responses); solved = at least one correct response
+  buffer         admit / revisit / graduate / evict (`replay_buffer.update`)
+  reformulate    BCQ and NCQ prompts for the hard questions; the student rolls out on them
+  make_batch     groups -> padded token arrays, advantages per group
+  update         the jitted train step (`num_iterations` passes over the batch)
+and then metrics, samples, checkpoint. Rerunning the same command resumes from the newest
+readable checkpoint in the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from zppo_jax import checkpointing, losses, prompts, replay_buffer, rewards, run_config, sharding
+from zppo_jax import train_step as ts
+from zppo_jax.data import pipeline, sources, synthetic
+from zppo_jax.data.records import Question
+from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
+from zppo_jax.metric_writer import MetricWriter
+from zppo_jax.models import qwen3_5
+from zppo_jax.sampler import LENGTH, Sampler
+
+ORIGINAL, BCQ, NCQ = "original", "bcq", "ncq"
+
+
+# ------------------------------------------------------------------------------ records
+
+@dataclasses.dataclass
+class Group:
+  """G sequences sharing one prompt: the unit of group-relative advantages."""
+  kind: str                       # ORIGINAL | BCQ | NCQ
+  question: Question
+  prompt: list[int]
+  completions: list[list[int]]
+  logprobs: list[list[float]]     # sampler log-probs of the completion tokens
+  truncated: list[bool]
+  texts: list[str]                # as graded: generation prefix + completion
+  rewards: np.ndarray             # [G]
+  off_policy: np.ndarray          # [G] bool: a teacher response standing in the group
+  replayed: bool = False
+
+  @property
+  def accuracy(self) -> float:
+    return float(np.mean(self.rewards >= 1.0))
+
+
+@dataclasses.dataclass
+class Models:
+  tokenizer: Tokenizer
+  config: qwen3_5.Qwen3_5Config
+  sampler: Sampler
+  teacher_config: qwen3_5.Qwen3_5Config | None = None
+  teacher_params: dict | None = None
+  teacher_sampler: Sampler | None = None
+  ref_params: dict | None = None
+
+
+def _seed(*parts: int) -> int:
+  """A 32-bit seed from (run seed, step, stage, ...): every host draws the same."""
+  return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _question(d: dict) -> Question:
+  return Question(**{**d, "choices": tuple(d.get("choices", ())),
+                     "teacher_responses": tuple(d.get("teacher_responses", ()))})
+
+
+# ------------------------------------------------------------------------------ setup
+
+def validate(config):
+  """Errors naming the config field whose value cannot work."""
+  def check(field, value, allowed):
+    if value not in allowed:
+      raise ValueError(f"config.{field} must be one of {allowed}, got {value!r}")
+  check("teacher.source", config.teacher.source, run_config.TEACHER_SOURCES)
+  check("zppo.ncq_policy", config.zppo.ncq_policy, run_config.NCQ_POLICIES)
+  check("train.loss.name", config.train.loss.name, tuple(losses.POLICY_LOSSES))
+  for field in ("total_steps", "questions_per_step", "rollout.group_size", "num_iterations",
+                "rollout.max_new_tokens"):
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value < 1:
+      raise ValueError(f"config.{field} must be >= 1, got {value}")
+  needs_teacher = (config.zppo.bcq or config.teacher_in_group
+                   or config.train.loss.name in ("on_policy_distill", "off_policy_distill"))
+  if needs_teacher and config.teacher.source == "none":
+    raise ValueError("this method needs teacher responses: set config.teacher.source to "
+                     "'dataset' or 'model'")
+  if config.train.loss.name == "on_policy_distill" and config.teacher.source != "model":
+    raise ValueError("train.loss.name='on_policy_distill' scores with the teacher model: set "
+                     "config.teacher.source='model' and config.teacher.path")
+  if not config.distill.student_rollouts and (
+      config.train.loss.name != "off_policy_distill" or config.buffer.enabled):
+    raise ValueError("config.distill.student_rollouts=False (pure SFT) needs "
+                     "train.loss.name='off_policy_distill' and buffer.enabled=False")
+  if config.student.init not in ("checkpoint", "random"):
+    raise ValueError(f"config.student.init must be 'checkpoint' or 'random', got "
+                     f"{config.student.init!r}")
+  if config.student.init == "random" and not config.tokenizer:
+    raise ValueError("config.student.init='random' has no checkpoint to take a tokenizer from: "
+                     "set config.tokenizer")
+  if (config.zppo.bcq or config.zppo.ncq) and not config.buffer.enabled:
+    logging.warning("BCQ/NCQ without the replay buffer: hard questions are reformulated once, "
+                    "never revisited")
+
+
+def open_data(config):
+  d = config.data
+  if d.source == "synthetic":
+    return synthetic.ArithmeticSource(d.synthetic_size, seed=config.seed,
+                                      level_weights=tuple(d.level_weights))
+  if d.source.startswith("tfds:"):
+    name, _, split = d.source[len("tfds:"):].partition(":")
+    return sources.TfdsSource(name, split or "train", d.tfds_data_dir or None)
+  return sources.open_source(d.source)
+
+
+def load_student(config, mesh):
+  """(model config, params) placed on the mesh; `student.init = "random"` starts from
+  scratch with the HF config fields in `student.architecture` (how the tiny models are made)."""
+  dtype = jnp.dtype(config.student.dtype)
+  if config.student.init == "random":
+    model_config = qwen3_5.from_hf_dict(config.student.architecture.to_dict(),
+                                        source="config.student.architecture")
+    shardings = qwen3_5.param_shardings(model_config, mesh)
+    params = jax.jit(lambda: qwen3_5.init_params(model_config, jax.random.key(config.seed), dtype),
+                     out_shardings=shardings)()
+    return model_config, params
+  return qwen3_5.load_hf_checkpoint(config.student.path, dtype, mesh=mesh)
+
+
+def load_models(config, mesh, student_config, student_params) -> Models:
+  tokenizer = Tokenizer.load(config.tokenizer or config.student.path)
+  if tokenizer.vocab_size > student_config.vocab_size:
+    raise ValueError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than "
+                     f"the student's vocab_size {student_config.vocab_size}")
+  models = Models(tokenizer, student_config, Sampler(student_config, mesh=mesh))
+  if config.teacher.source == "model":
+    t_config, t_params = qwen3_5.load_hf_checkpoint(
+        config.teacher.path, jnp.dtype(config.teacher.dtype), mesh=mesh)
+    if t_config.vocab_size != student_config.vocab_size:
+      raise ValueError(f"teacher {config.teacher.path} has vocab_size {t_config.vocab_size}, the "
+                       f"student {student_config.vocab_size}: they must share a tokenizer")
+    models.teacher_config, models.teacher_params = t_config, t_params
+    models.teacher_sampler = Sampler(t_config, mesh=mesh)
+  if config.train.loss.beta:
+    models.ref_params = student_params  # the frozen starting policy (never donated)
+  return models
+
+
+# ------------------------------------------------------------------------------ stages
+
+def questions(config, data_iter, buffer_state, step) -> list[tuple[Question, bool]]:
+  """This step's (question, replayed) pairs: a batch of new ones, then up to
+  `buffer.replay_per_step` buffered ones not already in the batch."""
+  new = list(next(data_iter))
+  out = [(q, False) for q in new]
+  if config.buffer.enabled and config.buffer.replay_per_step:
+    rng = np.random.default_rng(_seed(config.seed, step, 1))
+    replay = replay_buffer.sample(buffer_state, config.buffer.replay_per_step, rng,
+                                  order=config.buffer.replay_order,
+                                  exclude=frozenset(q.id for q in new))
+    out += [(_question(e.question), True) for e in replay]
+  return out
+
+
+def grade(texts: Sequence[str], answer: str, config) -> np.ndarray:
+  return np.asarray([rewards.reward(t, answer, format_weight=config.reward.format_weight,
+                                    timeout_s=config.reward.timeout_s) for t in texts],
+                    np.float32)
+
+
+def _sample(sampler, params, tokenizer, prompt_ids, config, *, num_samples, seed,
+            max_new_tokens, temperature):
+  out = sampler.generate(params, prompt_ids, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=config.rollout.top_p,
+                         num_samples=num_samples, seed=seed,
+                         stop_token_ids=tokenizer.stop_token_ids)
+  prefix = GENERATION_PREFIX[config.rollout.enable_thinking]
+  texts = [prefix + t for t in tokenizer.decode_batch(
+      [c[:-1] if r != LENGTH else c for c, r in zip(out.tokens, out.finish_reason)])]
+  return out, texts
+
+
+def _prompt_ids(tok: Tokenizer, config, users: Sequence[str]) -> list[list[int]]:
+  return [tok.encode_prompt(user, config.rollout.system or None, config.rollout.enable_thinking)
+          for user in users]
+
+
+def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, bool]],
+             seed: int) -> list[Group]:
+  """G student completions of each (kind, question, user message, replayed), graded against
+  the question's answer. With `distill.student_rollouts` off (pure SFT), groups carry only
+  their prompt."""
+  if not items:
+    return []
+  tok, g = models.tokenizer, config.rollout.group_size
+  prompt_ids = _prompt_ids(tok, config, [user for _, _, user, _ in items])
+  if not config.distill.student_rollouts:
+    return [Group(kind, q, ids, [], [], [], [], np.zeros(0, np.float32), np.zeros(0, bool), rep)
+            for (kind, q, _, rep), ids in zip(items, prompt_ids)]
+  out, texts = _sample(models.sampler, params, tok, prompt_ids, config, num_samples=g, seed=seed,
+                       max_new_tokens=config.rollout.max_new_tokens,
+                       temperature=config.rollout.temperature)
+  groups = []
+  for i, (kind, q, _, replayed) in enumerate(items):
+    rows = slice(i * g, (i + 1) * g)
+    groups.append(Group(kind, q, prompt_ids[i], out.tokens[rows], out.logprobs[rows],
+                        [r == LENGTH for r in out.finish_reason[rows]], texts[rows],
+                        grade(texts[rows], q.answer, config), np.zeros(g, bool), replayed))
+  return groups
+
+
+def teacher_pass(models, config, hard: Sequence[Question], seed: int) -> dict[str, list[str]]:
+  """The teacher's *correct* responses to each hard question (empty: it cannot solve it)."""
+  if config.teacher.source == "none" or not hard:
+    return {}
+  if config.teacher.source == "dataset":
+    responses = {q.id: list(q.teacher_responses) for q in hard}
+  else:
+    tok = models.tokenizer
+    prompt_ids = _prompt_ids(tok, config, [q.question for q in hard])
+    n = config.teacher.num_rollouts
+    _, texts = _sample(models.teacher_sampler, models.teacher_params, tok, prompt_ids, config,
+                       num_samples=n, seed=seed, max_new_tokens=config.teacher.max_new_tokens,
+                       temperature=config.teacher.temperature)
+    responses = {q.id: texts[i * n:(i + 1) * n] for i, q in enumerate(hard)}
+  return {q.id: [r for r in responses[q.id] if grade([r], q.answer, config)[0] >= 1.0]
+          for q in hard}
+
+
+def reformulate(config, hard: Sequence[Group], solutions: dict[str, list[str]],
+                rng: np.random.Generator, count_tokens) -> list[tuple[str, Question, str]]:
+  """(kind, question, user message) of the BCQ and NCQ prompts of the hard groups.
+
+  BCQ when the teacher solved x: its first correct response and one wrong student rollout
+  (a different one for each of `bcq_per_question`). NCQ from the wrong rollouts: when the
+  teacher could not solve x ("unsolved"), or for every hard question ("always")."""
+  z = config.zppo
+  budget = prompts.Budget(z.max_prompt_tokens, z.max_candidate_tokens, z.max_ncq_responses)
+  out = []
+  for group in hard:
+    q = group.question
+    wrong = [t for t, r in zip(group.texts, group.rewards) if r < 1.0]
+    solved = solutions.get(q.id, [])
+    if z.bcq and solved and wrong:
+      for i in rng.permutation(len(wrong))[:z.bcq_per_question]:
+        out.append((BCQ, q, prompts.bcq(q.question, solved[0], wrong[i], rng, budget=budget,
+                                        count_tokens=count_tokens)))
+    if z.ncq and wrong and (z.ncq_policy == "always" or not solved):
+      out.append((NCQ, q, prompts.ncq(q.question, wrong, rng, budget=budget,
+                                      count_tokens=count_tokens)))
+  return out
+
+
+def _completion_ids(tok: Tokenizer, response: str, enable_thinking: bool) -> list[int]:
+  """A full assistant response as the tokens a sampler would have produced after the
+  generation prompt (which already holds the generation prefix), ending the turn."""
+  prefix = GENERATION_PREFIX[enable_thinking]
+  body = response[len(prefix):] if response.startswith(prefix) else response
+  return tok.encode(body) + [tok.im_end_id]
+
+
+def teacher_in_group(groups: Sequence[Group], solutions, tok, config):
+  """GRPO + teacher response: in each hard group the teacher solved, its correct response
+  replaces the last wrong rollout and is flagged off-policy (see `losses.grpo`)."""
+  for group in groups:
+    solved = solutions.get(group.question.id)
+    wrong = np.flatnonzero(group.rewards < 1.0)
+    if not solved or not len(wrong):
+      continue
+    i = int(wrong[-1])
+    group.completions[i] = _completion_ids(tok, solved[0], config.rollout.enable_thinking)
+    group.logprobs[i] = [0.0] * len(group.completions[i])
+    group.truncated[i] = False
+    group.texts[i] = solved[0]
+    group.rewards[i] = grade([solved[0]], group.question.answer, config)[0]
+    group.off_policy[i] = True
+
+
+def distill_groups(config, groups: Sequence[Group], solutions, tok) -> list[Group]:
+  """Off-policy distillation: one group per question of its teacher responses (graded
+  correct ones when `distill.correct_only`), imitated by next-token NLL."""
+  out = []
+  for group in groups:
+    q = group.question
+    responses = solutions.get(q.id) if config.distill.correct_only else list(q.teacher_responses)
+    if not responses:
+      continue
+    comps = [_completion_ids(tok, r, config.rollout.enable_thinking) for r in responses]
+    n = len(comps)
+    out.append(Group(ORIGINAL, q, group.prompt, comps, [[0.0] * len(c) for c in comps],
+                     [False] * n, list(responses), np.ones(n, np.float32), np.ones(n, bool)))
+  return out
+
+
+def make_batch(groups: Sequence[Group], advantages: Sequence[np.ndarray], rows_multiple: int,
+               pad_id: int) -> dict[str, np.ndarray]:
+  """Padded train batch: rows to a power of two (and a multiple of `rows_multiple`),
+  length to a power of two >= 32, so the step compiles for few shapes. Padding rows and
+  prompt tokens have loss_mask 0."""
+  seqs = [(g.prompt, c, lp, tr, a, off) for g, adv in zip(groups, advantages)
+          for c, lp, tr, a, off in zip(g.completions, g.logprobs, g.truncated, adv, g.off_policy)]
+  rows = max(rows_multiple, 1 << max(len(seqs) - 1, 0).bit_length())
+  rows = -(-rows // rows_multiple) * rows_multiple
+  length = max(32, 1 << (max(len(p) + len(c) for p, c, *_ in seqs) - 1).bit_length())
+  batch = dict(tokens=np.full((rows, length), pad_id, np.int32),
+               attention_mask=np.zeros((rows, length), np.int32),
+               loss_mask=np.zeros((rows, length), np.float32),
+               sampler_logprobs=np.zeros((rows, length), np.float32),
+               advantages=np.zeros(rows, np.float32), truncated=np.zeros(rows, bool),
+               off_policy=np.zeros(rows, bool))
+  for r, (prompt, comp, logp, trunc, adv, off) in enumerate(seqs):
+    n, m = len(prompt), len(comp)
+    batch["tokens"][r, :n + m] = prompt + comp
+    batch["attention_mask"][r, :n + m] = 1
+    batch["loss_mask"][r, n:n + m] = 1
+    batch["sampler_logprobs"][r, n:n + m] = logp
+    batch["advantages"][r], batch["truncated"][r], batch["off_policy"][r] = adv, trunc, off
+  return batch
+
+
+# ------------------------------------------------------------------------------ the run
+
+class Trainer:
+  """The loop's state and its compiled programs; `run()` trains to `total_steps`."""
+
+  def __init__(self, config, workdir: str):
+    validate(config)
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
+    self.model_config, params = load_student(config, self.mesh)
+    self.models = load_models(config, self.mesh, self.model_config, params)
+    cfg = config.train
+    self.optimizer = ts.make_optimizer(cfg.optimizer)
+    self.shardings = ts.state_shardings(self.model_config, self.optimizer, self.mesh,
+                                        param_dtype=jnp.dtype(config.student.dtype))
+    self.state = ts.init_state(params, self.optimizer, config.seed, self.shardings)
+    self.step_fn = ts.jit_train_step(self.model_config, self.optimizer, cfg, self.mesh,
+                                     self.shardings)
+    self.score_fn = ts.jit_score(self.model_config, cfg, self.mesh, self.shardings.params)
+    if self.models.teacher_params is not None and cfg.loss.name == "on_policy_distill":
+      self.teacher_score_fn = ts.jit_score(
+          self.models.teacher_config, cfg, self.mesh,
+          qwen3_5.param_shardings(self.models.teacher_config, self.mesh))
+    self.rows_multiple = cfg.micro_batches * int(np.prod(
+        [self.mesh.shape[a] for a in sharding.mesh_axes_of("batch", self.mesh)]))
+    d = config.data
+    self.dataset = pipeline.make_dataset(
+        open_data(config), batch_size=config.questions_per_step, seed=config.seed,
+        shuffle=d.shuffle, on_error=d.on_error)
+    self.data_iter = iter(self.dataset)
+    self.buffer = replay_buffer.BufferState()
+    self.step = 0
+    self.checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), every=config.checkpoint.every,
+        keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    self._restore()
+
+  # -- checkpoints ---------------------------------------------------------------------------
+
+  def _host_state(self) -> dict:
+    return {"step": self.step, "buffer": replay_buffer.to_json(self.buffer),
+            "data": self.data_iter.get_state()}
+
+  def _restore(self):
+    found = self.checkpointer.restore_latest(
+        checkpointing.abstract(self.state, self.shardings))
+    if found is None:
+      return
+    step, self.state, host = found
+    self.step = host["step"]
+    self.buffer = replay_buffer.from_json(host["buffer"])
+    self.data_iter.set_state(host["data"])
+    logging.info("resumed from %s at step %d", self.checkpointer.directory, step)
+
+  def save(self, force: bool = False):
+    self.checkpointer.save(self.step, self.state, self._host_state(), force=force)
+
+  def export(self, path: str | None = None) -> str:
+    """The student as a Hugging Face checkpoint directory (safetensors, config, tokenizer)."""
+    path = path or self.config.export.dir or os.path.join(self.workdir, "export")
+    source = self.config.student.path if self.config.student.init != "random" else None
+    qwen3_5.save_hf_checkpoint(path, self.model_config, self.state.params, source=source)
+    if source is None and jax.process_index() == 0:  # from scratch: the tokenizer comes along
+      tok_dir = self.config.tokenizer
+      for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(tok_dir, name)):
+          with open(os.path.join(tok_dir, name), "rb") as f, \
+               open(os.path.join(path, name), "wb") as g:
+            g.write(f.read())
+    return path
+
+  # -- one step ------------------------------------------------------------------------------
+
+  def train_step(self) -> dict:
+    c, m, step = self.config, self.models, self.step
+    timer, times = time.perf_counter(), {}
+
+    def lap(name):
+      nonlocal timer
+      now = time.perf_counter()
+      times[f"time/{name}"] = now - timer
+      timer = now
+
+    params = self.state.params
+    batch_questions = questions(c, self.data_iter, self.buffer, step)
+    groups = roll_out(m, params, c, [(ORIGINAL, q, q.question, r) for q, r in batch_questions],
+                      _seed(c.seed, step, 2))
+    rounds = 0
+    while (c.dynamic_sampling.enabled and rounds < c.dynamic_sampling.max_rounds
+           and sum(not _flat(g) for g in groups) < c.questions_per_step):
+      rounds += 1
+      extra = [(ORIGINAL, q, q.question, False) for q in next(self.data_iter)]
+      groups += roll_out(m, params, c, extra, _seed(c.seed, step, 2, rounds))
+    lap("rollout")
+
+    threshold = c.buffer.threshold
+    distill = c.train.loss.name == "off_policy_distill"
+    hard = [g for g in groups if g.completions and g.accuracy < threshold]
+    solutions = teacher_pass(m, c, [g.question for g in (groups if distill else hard)],
+                             _seed(c.seed, step, 3))
+    lap("teacher")
+
+    events = replay_buffer.Events()
+    if c.buffer.enabled:
+      self.buffer, events = replay_buffer.update(
+          self.buffer,
+          [(dataclasses.asdict(g.question), g.accuracy) for g in groups if g.completions], step,
+          threshold=threshold, capacity=c.buffer.capacity)
+
+    rng = np.random.default_rng(_seed(c.seed, step, 4))
+    graduated = {e.id for e in events.graduated}
+    reformulated = reformulate(c, [g for g in hard if g.question.id not in graduated], solutions,
+                               rng, lambda text: len(m.tokenizer.encode(text)))
+    extra_groups = roll_out(m, params, c, [(kind, q, user, False)
+                                           for kind, q, user in reformulated],
+                            _seed(c.seed, step, 5))
+    lap("reformulated_rollout")
+
+    if c.teacher_in_group:
+      teacher_in_group(groups, solutions, m.tokenizer, c)
+    if distill:
+      train_groups = distill_groups(c, groups, solutions, m.tokenizer)
+    else:
+      train_groups = groups + extra_groups
+    flat = [_flat(g) for g in train_groups]
+    if c.dynamic_sampling.enabled:
+      train_groups = [g for g, f in zip(train_groups, flat) if not f]
+    train_metrics = self.update(train_groups)
+    lap("train")
+
+    metrics = self.step_metrics(groups, extra_groups, hard, solutions, events, flat,
+                                train_metrics)
+    metrics.update(times)
+    metrics["time/step"] = sum(times.values())
+    sampled = sum(len(t) for g in groups + extra_groups for t in g.completions)
+    metrics["throughput/sampled_tokens_per_s"] = sampled / max(
+        times["time/rollout"] + times["time/reformulated_rollout"], 1e-9)
+    metrics["dynamic_sampling/rounds"] = rounds
+    self._last_groups = groups + extra_groups
+    self.step += 1
+    return metrics
+
+  def update(self, groups: Sequence[Group]) -> dict:
+    """The train step(s) on the groups; {} when nothing is left to train on."""
+    c = self.config
+    if not groups:
+      return {"update/skipped": 1.0}
+    if c.train.loss.name == "off_policy_distill":
+      advantages = [np.zeros(len(g.completions), np.float32) for g in groups]
+    else:
+      advantages = list(np.asarray(losses.group_advantages(
+          np.stack([g.rewards for g in groups]), c.train.loss.scale_std)))
+    batch = make_batch(groups, advantages, self.rows_multiple, self.models.tokenizer.endoftext_id)
+    if c.train.loss.name == "on_policy_distill":
+      batch["teacher_logprobs"] = np.asarray(self.teacher_score_fn(
+          self.models.teacher_params, batch)["logprobs"])
+    if self.models.ref_params is not None:
+      batch["ref_logprobs"] = np.asarray(self.score_fn(self.models.ref_params, batch)["logprobs"])
+    if c.num_iterations > 1:
+      batch["old_logprobs"] = np.asarray(self.score_fn(self.state.params, batch)["logprobs"])
+    ts.check_batch(batch, self.mesh, c.train)
+    batch = ts.shard_batch(batch, self.mesh)
+    for _ in range(c.num_iterations):
+      self.state, metrics = self.step_fn(self.state, batch)
+    out = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+    out["train/rows"] = float(sum(len(g.completions) for g in groups))
+    return out
+
+  def step_metrics(self, groups, extra_groups, hard, solutions, events, flat, train) -> dict:
+    c = self.config
+    g = c.rollout.group_size
+    out = {
+        "reward/mean": _mean([x.rewards for x in groups]),
+        "reward/new": _mean([x.rewards for x in groups if not x.replayed]),
+        "reward/replay": _mean([x.rewards for x in groups if x.replayed]),
+        "questions/new": sum(not x.replayed for x in groups),
+        "questions/replayed": sum(x.replayed for x in groups),
+        "questions/hard": len(hard),
+        "groups/all_wrong": sum(bool(len(x.rewards) and np.all(x.rewards < 1.0))
+                                for x in groups + extra_groups),
+        "groups/all_right": sum(bool(len(x.rewards) and np.all(x.rewards >= 1.0))
+                                for x in groups + extra_groups),
+        "zero_advantage_fraction": float(np.mean(flat)) if flat else 0.0,
+        "teacher/solved": sum(bool(solutions.get(x.question.id)) for x in hard),
+        "response/length": _mean([[len(t) for t in x.completions] for x in groups]),
+        "response/truncated": _mean([x.truncated for x in groups]),
+        "buffer/size": len(self.buffer),
+        "buffer/admitted": len(events.admitted),
+        "buffer/graduated": len(events.graduated),
+        "buffer/evicted": len(events.evicted),
+    }
+    for kind in (BCQ, NCQ):
+      mine = [x for x in extra_groups if x.kind == kind]
+      out[f"{kind}/count"] = len(mine)
+      out[f"{kind}/accuracy"] = _mean([x.rewards for x in mine])
+    everyone = self.buffer.entries + self.buffer.retired
+    graduates = [e for e in self.buffer.retired if e.outcome == replay_buffer.GRADUATED]
+    for key, n in replay_buffer.bucket_counts(everyone, g).items():
+      out[f"buffer/admitted_total/{key}"] = n
+    for key, n in replay_buffer.bucket_counts(graduates, g).items():
+      out[f"buffer/graduated_total/{key}"] = n
+    out["buffer/graduated_total"] = len(graduates)
+    out.update(train)
+    return out
+
+  def rollout_samples(self) -> list[dict]:
+    rows = []
+    for group in self._last_groups[:self.config.log.num_samples]:
+      if not group.texts:
+        continue
+      rows.append({"kind": group.kind, "question_id": group.question.id,
+                   "prompt": self.models.tokenizer.decode(group.prompt),
+                   "response": group.texts[0], "reward": float(group.rewards[0]),
+                   "answer": group.question.answer})
+    return rows
+
+  def run(self) -> None:
+    c = self.config
+    writer = MetricWriter(self.workdir, tensorboard=c.log.tensorboard, resume_step=self.step - 1)
+    bar = None
+    if c.log.progress and jax.process_index() == 0:
+      import tqdm
+      bar = tqdm.tqdm(total=c.total_steps, initial=self.step, desc=c.method, unit="step")
+    try:
+      while self.step < c.total_steps:
+        metrics = self.train_step()
+        step = self.step - 1
+        if step % c.log.every == 0 or self.step == c.total_steps:
+          writer.write(step, metrics)
+        if c.log.samples_every and step % c.log.samples_every == 0:
+          writer.samples(step, self.rollout_samples())
+        self.save()
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", buffer=metrics["buffer/size"],
+                          graduated=metrics["buffer/graduated_total"],
+                          tok_s=f"{metrics['throughput/sampled_tokens_per_s']:.0f}")
+      if self.checkpointer.manager.latest_step() != self.step:
+        self.save(force=True)
+      self.checkpointer.wait()
+      if c.export.at_end:
+        logging.info("exported the student to %s", self.export())
+    finally:
+      if bar is not None:
+        bar.close()
+      writer.close()
+      self.checkpointer.close()
+
+
+def _flat(group: Group) -> bool:
+  """Zero-variance group: no learning signal."""
+  return bool(len(group.rewards)) and bool(np.all(group.rewards == group.rewards[0]))
+
+
+def _mean(arrays) -> float:
+  values = [np.asarray(a, np.float64).ravel() for a in arrays]
+  values = [v for v in values if v.size]
+  return float(np.concatenate(values).mean()) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------ main
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (:arg optional).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and exports go here.")
+_EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
+                                 "Export the newest checkpoint's student and exit.")
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  trainer = Trainer(config, _WORKDIR.value)
+  if _EXPORT_ONLY.value:
+    print(trainer.export())
+    trainer.checkpointer.close()
+    return
+  trainer.run()
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
