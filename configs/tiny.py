@@ -17,4 +17,11 @@ def get_config(arg=None):
   c.teacher.source = "model"
   c.total_steps = 30
   c.train.optimizer.total_steps = 30
+  c.data.level_weights = (0.5, 0.35, 0.15)  # the student's easy-to-hard mix (tiny_sft.py)
+  c.questions_per_step = 4
+  c.buffer.update(capacity=32, replay_per_step=4)
+  c.rollout.max_new_tokens = 128
+  c.teacher.max_new_tokens = 128
+  c.zppo.update(max_prompt_tokens=384, max_candidate_tokens=128, max_ncq_responses=3)
+  c.train.remat = "full"    # on CPU recomputing is faster than storing (memory-bound)
   return c

@@ -30,7 +30,7 @@ def test_make_batch_trains_only_on_completions():
   groups = [_group([1, 0, 0]), _group([0, 1, 1], kind=train.BCQ, prompt=(4, 5))]
   adv = [np.array([1.0, -0.5, -0.5]), np.array([-1.0, 0.5, 0.5])]
   batch = train.make_batch(groups, adv, rows_multiple=4, pad_id=0)
-  assert batch["tokens"].shape == (8, 32)  # 6 rows -> 8 (power of two, multiple of 4)
+  assert batch["tokens"].shape == (8, 128)  # 6 rows -> 8 (power of two, multiple of 4)
   # row 0: prompt (1, 2, 3) then completion [10, 10]; loss only on the completion
   np.testing.assert_array_equal(batch["tokens"][0, :5], [1, 2, 3, 10, 10])
   np.testing.assert_array_equal(batch["loss_mask"][0, :6], [0, 0, 0, 1, 1, 0])

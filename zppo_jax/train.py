@@ -39,6 +39,7 @@ from zppo_jax.models import qwen3_5
 from zppo_jax.sampler import LENGTH, Sampler
 
 ORIGINAL, BCQ, NCQ = "original", "bcq", "ncq"
+LENGTH_BUCKET = 128  # train sequences are padded to a multiple of this
 
 
 # ------------------------------------------------------------------------------ records
@@ -316,13 +317,13 @@ def distill_groups(config, groups: Sequence[Group], solutions, tok) -> list[Grou
 def make_batch(groups: Sequence[Group], advantages: Sequence[np.ndarray], rows_multiple: int,
                pad_id: int) -> dict[str, np.ndarray]:
   """Padded train batch: rows to a power of two (and a multiple of `rows_multiple`),
-  length to a power of two >= 32, so the step compiles for few shapes. Padding rows and
+  length to a multiple of 128, so the step compiles for few shapes. Padding rows and
   prompt tokens have loss_mask 0."""
   seqs = [(g.prompt, c, lp, tr, a, off) for g, adv in zip(groups, advantages)
           for c, lp, tr, a, off in zip(g.completions, g.logprobs, g.truncated, adv, g.off_policy)]
   rows = max(rows_multiple, 1 << max(len(seqs) - 1, 0).bit_length())
   rows = -(-rows // rows_multiple) * rows_multiple
-  length = max(32, 1 << (max(len(p) + len(c) for p, c, *_ in seqs) - 1).bit_length())
+  length = -(-max(len(p) + len(c) for p, c, *_ in seqs) // LENGTH_BUCKET) * LENGTH_BUCKET
   batch = dict(tokens=np.full((rows, length), pad_id, np.int32),
                attention_mask=np.zeros((rows, length), np.int32),
                loss_mask=np.zeros((rows, length), np.float32),
