@@ -125,8 +125,7 @@ def _options(arg: str | None) -> dict[str, str]:
 
 def _methods(c, name: str, buffer: bool):
   zppo = name == "zppo"
-  c.method = name + ("+buffer" if buffer and name not in ("zppo", "grpo_buffer",
-                                                          "grpo_teacher_response") else "")
+  c.method = name + ("+buffer" if buffer and name not in BUFFERED else "")
   c.buffer.enabled = buffer
   c.zppo.bcq = c.zppo.ncq = zppo
   c.teacher.source = "dataset" if name in ("zppo", "grpo_teacher_response",
@@ -140,6 +139,7 @@ def _methods(c, name: str, buffer: bool):
     c.train.loss.name = "off_policy_distill"
 
 
+BUFFERED = ("zppo", "grpo_buffer", "grpo_teacher_response")  # the buffer is part of them
 METHODS = ("zppo", "grpo", "grpo_buffer", "grpo_teacher_response", "on_policy_distill",
            "off_policy_distill")
 ABLATIONS = ("bcq_only", "ncq_only", "ncq_always", "capacity", "threshold", "buffer")
@@ -163,8 +163,7 @@ def method_config(name: str, arg: str | None = None) -> ml_collections.ConfigDic
     raise ValueError(f"unknown config option(s) {sorted(unknown)} for {name}; options are "
                      f"size=, mesh=, root=, {', '.join(ABLATIONS)}")
   c = base_config()
-  _methods(c, name, buffer=name in ("zppo", "grpo_buffer", "grpo_teacher_response")
-           or "buffer" in opts)
+  _methods(c, name, buffer=name in BUFFERED or "buffer" in opts)
   if "bcq_only" in opts:
     c.zppo.ncq = False
   if "ncq_only" in opts:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Sequence
 
 import jax
@@ -144,8 +143,7 @@ class Sampler:
     if mesh is None:
       self.batch_shards = 1
     else:
-      self.batch_shards = math.prod(
-          mesh.shape[a] for a in sharding_lib.mesh_axes_of("batch", mesh, rules))
+      self.batch_shards = sharding_lib.shard_count("batch", mesh, rules)
       self._param_shardings = qwen3_5.param_shardings(config, mesh, rules)
 
   # -- sizes ---------------------------------------------------------------------------------

@@ -77,6 +77,11 @@ def mesh_axes_of(name: str | None, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[str
   return tuple(a for a in mesh_axes if a in mesh.shape)
 
 
+def shard_count(name: str, mesh: Mesh, rules=DEFAULT_RULES) -> int:
+  """How many ways logical axis `name` is split on `mesh` (e.g. batch shards)."""
+  return math.prod(mesh.shape[a] for a in mesh_axes_of(name, mesh, rules))
+
+
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                     rules=DEFAULT_RULES) -> PartitionSpec:
   """PartitionSpec for an array of `shape` whose dims are named `axes`.

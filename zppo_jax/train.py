@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from typing import Sequence
 
@@ -36,7 +37,7 @@ from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
 from zppo_jax.metric_writer import MetricWriter
 from zppo_jax.models import qwen3_5
-from zppo_jax.sampler import LENGTH, Sampler
+from zppo_jax.sampler import LENGTH, Sampler, bucket
 
 ORIGINAL, BCQ, NCQ = "original", "bcq", "ncq"
 LENGTH_BUCKET = 128  # train sequences are padded to a multiple of this
@@ -321,8 +322,7 @@ def make_batch(groups: Sequence[Group], advantages: Sequence[np.ndarray], rows_m
   prompt tokens have loss_mask 0."""
   seqs = [(g.prompt, c, lp, tr, a, off) for g, adv in zip(groups, advantages)
           for c, lp, tr, a, off in zip(g.completions, g.logprobs, g.truncated, adv, g.off_policy)]
-  rows = max(rows_multiple, 1 << max(len(seqs) - 1, 0).bit_length())
-  rows = -(-rows // rows_multiple) * rows_multiple
+  rows = -(-bucket(len(seqs), rows_multiple) // rows_multiple) * rows_multiple
   length = -(-max(len(p) + len(c) for p, c, *_ in seqs) // LENGTH_BUCKET) * LENGTH_BUCKET
   batch = dict(tokens=np.full((rows, length), pad_id, np.int32),
                attention_mask=np.zeros((rows, length), np.int32),
@@ -359,12 +359,18 @@ class Trainer:
     self.step_fn = ts.jit_train_step(self.model_config, self.optimizer, cfg, self.mesh,
                                      self.shardings)
     self.score_fn = ts.jit_score(self.model_config, cfg, self.mesh, self.shardings.params)
+    # Rollouts sample in the compute dtype (bfloat16 at scale), as the train step scores:
+    # one sharded cast per step, not float32 master weights in every decode step.
+    compute = jnp.dtype(cfg.compute_dtype)
+    self._sampling_params = (
+        (lambda params: params) if compute == jnp.dtype(config.student.dtype) else
+        jax.jit(lambda params: jax.tree.map(lambda p: p.astype(compute), params),
+                out_shardings=self.shardings.params))
     if self.models.teacher_params is not None and cfg.loss.name == "on_policy_distill":
       self.teacher_score_fn = ts.jit_score(
           self.models.teacher_config, cfg, self.mesh,
           qwen3_5.param_shardings(self.models.teacher_config, self.mesh))
-    self.rows_multiple = cfg.micro_batches * int(np.prod(
-        [self.mesh.shape[a] for a in sharding.mesh_axes_of("batch", self.mesh)]))
+    self.rows_multiple = cfg.micro_batches * sharding.shard_count("batch", self.mesh)
     d = config.data
     self.dataset = pipeline.make_dataset(
         open_data(config), batch_size=config.questions_per_step, seed=config.seed,
@@ -403,12 +409,9 @@ class Trainer:
     source = self.config.student.path if self.config.student.init != "random" else None
     qwen3_5.save_hf_checkpoint(path, self.model_config, self.state.params, source=source)
     if source is None and jax.process_index() == 0:  # from scratch: the tokenizer comes along
-      tok_dir = self.config.tokenizer
       for name in ("tokenizer.json", "tokenizer_config.json"):
-        if os.path.isfile(os.path.join(tok_dir, name)):
-          with open(os.path.join(tok_dir, name), "rb") as f, \
-               open(os.path.join(path, name), "wb") as g:
-            g.write(f.read())
+        if os.path.isfile(os.path.join(self.config.tokenizer, name)):
+          shutil.copy2(os.path.join(self.config.tokenizer, name), os.path.join(path, name))
     return path
 
   # -- one step ------------------------------------------------------------------------------
@@ -423,7 +426,7 @@ class Trainer:
       times[f"time/{name}"] = now - timer
       timer = now
 
-    params = self.state.params
+    params = self._sampling_params(self.state.params)
     batch_questions = questions(c, self.data_iter, self.buffer, step)
     groups = roll_out(m, params, c, [(ORIGINAL, q, q.question, r) for q, r in batch_questions],
                       _seed(c.seed, step, 2))

@@ -230,9 +230,7 @@ def check_batch(batch: dict, mesh, cfg, rules=sharding.DEFAULT_RULES):
   for name, x in batch.items():
     if x.shape[0] != rows:
       raise ValueError(f"batch field {name!r} has {x.shape[0]} rows, tokens has {rows}")
-  shards = 1
-  for axis in sharding.mesh_axes_of("batch", mesh, rules):
-    shards *= mesh.shape[axis]
+  shards = sharding.shard_count("batch", mesh, rules)
   if rows % (cfg.micro_batches * shards):
     raise ValueError(f"batch of {rows} rows does not split into micro_batches="
                      f"{cfg.micro_batches} times {shards} batch shards of the mesh "
