@@ -1,11 +1,19 @@
 """Shared fixtures: tiny random Qwen3.5 checkpoints written by `transformers` itself."""
 
 import os
+import shutil
+import tempfile
 
 # Eight host CPU devices so sharded loading, sampling and training run on real meshes (the
 # train step on (8,1,1), (2,4,1) and (1,4,2)); set before jax starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One persistent compilation cache for the session, shared with the trainer subprocesses: a
+# program compiled once (same shapes, same mesh) is not compiled again by the next Trainer.
+_CACHE = tempfile.mkdtemp(prefix="zppo-jax-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 import safetensors.torch  # noqa: E402
@@ -91,3 +99,8 @@ def hf_multimodal(tmp_path_factory):
   safetensors.torch.save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
   (path / "tokenizer_config.json").write_text('{"model_max_length": 64}')
   return model, str(path)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  shutil.rmtree(_CACHE, ignore_errors=True)

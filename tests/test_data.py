@@ -63,7 +63,8 @@ def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):
   errors = data.ErrorCounter()
   batches = list(data.make_dataset(source, batch_size=1, num_epochs=1, on_error="skip",
                                    errors=errors))
-  assert sorted(b[0].id for b in batches) == ["q0", "q1", "q2", "q3", "q4"]
+  assert sorted(q.id for b in batches for q in b) == ["q0", "q1", "q2", "q3", "q4"]
+  assert sorted(len(b) for b in batches) == [0, 0, 0, 1, 1, 1, 1, 1]  # skipped: one short
   assert errors.skipped == 3 and "bad.jsonl line" in errors.last
   with pytest.raises(data.DataError, match="unknown format"):
     data.open_source(str(tmp_path / "d.csv"))
@@ -81,13 +82,20 @@ def test_epochs_are_reshuffled_and_seeds_reproduce(tmp_path):
   assert a[0] != a[1] != a[2]  # a new order every epoch
 
 
-def test_hosts_get_disjoint_shards(tmp_path):
+def test_hosts_read_disjoint_shares_of_the_one_host_batches(tmp_path):
+  """Host p's batch b is its contiguous share of the one-host batch b, so P hosts together
+  see the questions of one host, in the same order."""
   source = data.JsonlSource(_jsonl(tmp_path / "d.jsonl", ROWS))
-  shards = [sum(_ids(data.make_dataset(source, batch_size=1, num_epochs=1, seed=1,
-                                       shard_index=i, shard_count=3)), [])
-            for i in range(3)]
-  assert sorted(sum(shards, [])) == sorted(r["id"] for r in ROWS)
-  assert all(len(s) in (7, 8) for s in shards)
+  one = _ids(_take(iter(data.make_dataset(source, batch_size=6, seed=1)), 7))
+  hosts = [_ids(_take(iter(data.make_dataset(source, batch_size=6, seed=1, shard_index=i,
+                                             shard_count=3)), 7)) for i in range(3)]
+  assert all(len(b) == 2 for h in hosts for b in h)
+  assert [sum((h[b] for h in hosts), []) for b in range(7)] == one
+  epoch = [sum(_ids(data.make_dataset(source, batch_size=3, num_epochs=1, seed=1,
+                                      shard_index=i, shard_count=3)), []) for i in range(3)]
+  assert len(set(sum(epoch, []))) == 21 and all(len(e) == 7 for e in epoch)  # 23 rows: 2 dropped
+  with pytest.raises(ValueError, match="6 questions does not split over 4 processes"):
+    data.make_dataset(source, batch_size=6, shard_index=0, shard_count=4)
 
 
 RESUME = """

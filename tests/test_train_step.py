@@ -193,7 +193,7 @@ def test_old_logprobs_from_score_give_ratio_one_then_move():
   scorer = ts.jit_score(CONFIG, cfg, mesh, shardings.params)
   batch = _batch()
   batch["old_logprobs"] = np.asarray(scorer(state.params, batch)["logprobs"])
-  batch = ts.shard_batch(batch, mesh)  # global arrays from this process's rows
+  batch = ts.shard_batch(batch, mesh)  # global arrays, each device its block
   assert batch["tokens"].sharding.spec == PartitionSpec(("data", "fsdp"))
   step = ts.jit_train_step(CONFIG, optimizer, cfg, mesh, shardings)
   state, first = step(state, batch)

@@ -23,7 +23,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
     if every < 1 or keep < 1:
       raise ValueError(f"checkpoint.every and checkpoint.keep must be >= 1, got {every}, {keep}")
-    self.directory = os.path.abspath(directory)
+    # a local path, or a URL orbax writes to directly (gs://bucket/run: shared by all hosts)
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every,

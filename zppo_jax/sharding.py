@@ -47,7 +47,14 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
   if axis_types not in AXIS_TYPES:
     raise ValueError(f"mesh axis_types must be one of {sorted(AXIS_TYPES)}, got {axis_types!r}")
   devices = jax.devices() if devices is None else devices
-  n = len(devices)
+  shape = mesh_shape(shape, len(devices), axis_names)
+  return jax.make_mesh(shape, tuple(axis_names), axis_types=(AXIS_TYPES[axis_types],) * len(shape),
+                       devices=devices)
+
+
+def mesh_shape(shape: Sequence[int] | None, n: int,
+               axis_names: Sequence[str] = MESH_AXES) -> tuple[int, ...]:
+  """`shape` over n devices, its one -1 filled in (None: all n on the first axis)."""
   shape = [n] + [1] * (len(axis_names) - 1) if shape is None else list(shape)
   if len(shape) != len(axis_names):
     raise ValueError(f"mesh shape {shape} does not match axis names {tuple(axis_names)}")
@@ -60,8 +67,7 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
     shape[shape.index(-1)] = n // rest
   if math.prod(shape) != n:
     raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, {n} are present")
-  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AXIS_TYPES[axis_types],) * len(shape),
-                       devices=devices)
+  return tuple(shape)
 
 
 def explicit_axes(mesh) -> tuple[str, ...]:

@@ -14,6 +14,11 @@ One step, as `../shared/ZPPO.md` describes it, each stage a function below:
   update         the jitted train step (`num_iterations` passes over the batch)
 and then metrics, samples, checkpoint. Rerunning the same command resumes from the newest
 readable checkpoint in the workdir.
+
+On several hosts (`--distributed`, or automatic on Cloud TPU VMs and SLURM) each process runs
+this same loop over a global mesh: it reads its share of the questions and grades its share
+of the rollouts, and every host holds the whole step (`multihost`). SIGTERM on any host ends
+the run after the current step with a checkpoint, exit status 0.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zppo_jax import checkpointing, losses, prompts, replay_buffer, rewards, run_config, sharding
+from zppo_jax import (checkpointing, losses, multihost, prompts, replay_buffer, rewards,
+                      run_config, sharding)
 from zppo_jax import train_step as ts
 from zppo_jax.data import pipeline, sources, synthetic
 from zppo_jax.data.records import Question
@@ -120,6 +126,9 @@ def validate(config):
   if config.student.init == "random" and not config.tokenizer:
     raise ValueError("config.student.init='random' has no checkpoint to take a tokenizer from: "
                      "set config.tokenizer")
+  if config.questions_per_step % jax.process_count():
+    raise ValueError(f"config.questions_per_step={config.questions_per_step} (the global batch) "
+                     f"must be a multiple of the {jax.process_count()} processes")
   if (config.zppo.bcq or config.zppo.ncq) and not config.buffer.enabled:
     logging.warning("BCQ/NCQ without the replay buffer: hard questions are reformulated once, "
                     "never revisited")
@@ -171,10 +180,16 @@ def load_models(config, mesh, student_config, student_params) -> Models:
 
 # ------------------------------------------------------------------------------ stages
 
+def next_batch(data_iter) -> list[Question]:
+  """The next global batch of new questions: each host reads its share, all hold all."""
+  shares = multihost.allgather([dataclasses.asdict(q) for q in next(data_iter)])
+  return [_question(d) for share in shares for d in share]
+
+
 def questions(config, data_iter, buffer_state, step) -> list[tuple[Question, bool]]:
   """This step's (question, replayed) pairs: a batch of new ones, then up to
   `buffer.replay_per_step` buffered ones not already in the batch."""
-  new = list(next(data_iter))
+  new = next_batch(data_iter)
   out = [(q, False) for q in new]
   if config.buffer.enabled and config.buffer.replay_per_step:
     rng = np.random.default_rng(_seed(config.seed, step, 1))
@@ -185,10 +200,13 @@ def questions(config, data_iter, buffer_state, step) -> list[tuple[Question, boo
   return out
 
 
-def grade(texts: Sequence[str], answer: str, config) -> np.ndarray:
-  return np.asarray([rewards.reward(t, answer, format_weight=config.reward.format_weight,
-                                    timeout_s=config.reward.timeout_s) for t in texts],
-                    np.float32)
+def grade(texts: Sequence[str], answers: Sequence[str], config) -> np.ndarray:
+  """Rewards of (text, answer) pairs, each graded by one host and gathered: the work is split,
+  and a time-bounded check cannot come out differently on two hosts."""
+  def one(pair):
+    return rewards.reward(pair[0], pair[1], format_weight=config.reward.format_weight,
+                          timeout_s=config.reward.timeout_s)
+  return np.asarray(multihost.map_shared(one, list(zip(texts, answers))), np.float32)
 
 
 def _sample(sampler, params, tokenizer, prompt_ids, config, *, num_samples, seed,
@@ -223,12 +241,13 @@ def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, b
   out, texts = _sample(models.sampler, params, tok, prompt_ids, config, num_samples=g, seed=seed,
                        max_new_tokens=config.rollout.max_new_tokens,
                        temperature=config.rollout.temperature)
+  scores = grade(texts, [q.answer for _, q, _, _ in items for _ in range(g)], config)
   groups = []
   for i, (kind, q, _, replayed) in enumerate(items):
     rows = slice(i * g, (i + 1) * g)
     groups.append(Group(kind, q, prompt_ids[i], out.tokens[rows], out.logprobs[rows],
                         [r == LENGTH for r in out.finish_reason[rows]], texts[rows],
-                        grade(texts[rows], q.answer, config), np.zeros(g, bool), replayed))
+                        scores[rows], np.zeros(g, bool), replayed))
   return groups
 
 
@@ -246,8 +265,9 @@ def teacher_pass(models, config, hard: Sequence[Question], seed: int) -> dict[st
                        num_samples=n, seed=seed, max_new_tokens=config.teacher.max_new_tokens,
                        temperature=config.teacher.temperature)
     responses = {q.id: texts[i * n:(i + 1) * n] for i, q in enumerate(hard)}
-  return {q.id: [r for r in responses[q.id] if grade([r], q.answer, config)[0] >= 1.0]
-          for q in hard}
+  pairs = [(r, q.answer) for q in hard for r in responses[q.id]]
+  correct = iter(grade([r for r, _ in pairs], [a for _, a in pairs], config) >= 1.0)
+  return {q.id: [r for r in responses[q.id] if next(correct)] for q in hard}
 
 
 def reformulate(config, hard: Sequence[Group], solutions: dict[str, list[str]],
@@ -295,7 +315,7 @@ def teacher_in_group(groups: Sequence[Group], solutions, tok, config):
     group.logprobs[i] = [0.0] * len(group.completions[i])
     group.truncated[i] = False
     group.texts[i] = solved[0]
-    group.rewards[i] = grade([solved[0]], group.question.answer, config)[0]
+    group.rewards[i] = grade([solved[0]], [group.question.answer], config)[0]
     group.off_policy[i] = True
 
 
@@ -379,9 +399,12 @@ class Trainer:
     self.buffer = replay_buffer.BufferState()
     self.step = 0
     self.checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), every=config.checkpoint.every,
+        config.checkpoint.dir or os.path.join(workdir, "checkpoints"),
+        every=config.checkpoint.every,
         keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     self._restore()
+    # From here on SIGTERM means "checkpoint and stop" (before, nothing would be lost).
+    self.sync = multihost.StepSync()
 
   # -- checkpoints ---------------------------------------------------------------------------
 
@@ -434,7 +457,7 @@ class Trainer:
     while (c.dynamic_sampling.enabled and rounds < c.dynamic_sampling.max_rounds
            and sum(not _flat(g) for g in groups) < c.questions_per_step):
       rounds += 1
-      extra = [(ORIGINAL, q, q.question, False) for q in next(self.data_iter)]
+      extra = [(ORIGINAL, q, q.question, False) for q in next_batch(self.data_iter)]
       groups += roll_out(m, params, c, extra, _seed(c.seed, step, 2, rounds))
     lap("rollout")
 
@@ -496,15 +519,16 @@ class Trainer:
       advantages = list(np.asarray(losses.group_advantages(
           np.stack([g.rewards for g in groups]), c.train.loss.scale_std)))
     batch = make_batch(groups, advantages, self.rows_multiple, self.models.tokenizer.endoftext_id)
-    if c.train.loss.name == "on_policy_distill":
-      batch["teacher_logprobs"] = np.asarray(self.teacher_score_fn(
-          self.models.teacher_params, batch)["logprobs"])
-    if self.models.ref_params is not None:
-      batch["ref_logprobs"] = np.asarray(self.score_fn(self.models.ref_params, batch)["logprobs"])
-    if c.num_iterations > 1:
-      batch["old_logprobs"] = np.asarray(self.score_fn(self.state.params, batch)["logprobs"])
     ts.check_batch(batch, self.mesh, c.train)
     batch = ts.shard_batch(batch, self.mesh)
+    # Scores of other policies stay on the devices, sharded as the batch they join.
+    if c.train.loss.name == "on_policy_distill":
+      batch["teacher_logprobs"] = self.teacher_score_fn(self.models.teacher_params,
+                                                        batch)["logprobs"]
+    if self.models.ref_params is not None:
+      batch["ref_logprobs"] = self.score_fn(self.models.ref_params, batch)["logprobs"]
+    if c.num_iterations > 1:
+      batch["old_logprobs"] = self.score_fn(self.state.params, batch)["logprobs"]
     for _ in range(c.num_iterations):
       self.state, metrics = self.step_fn(self.state, batch)
     out = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
@@ -559,15 +583,29 @@ class Trainer:
                    "answer": group.question.answer})
     return rows
 
-  def run(self) -> None:
+  def close(self):
+    self.sync.close()
+    self.checkpointer.close()
+
+  def fingerprint(self) -> str:
+    """Of the host-side state every host must hold alike: step, replay buffer, data position."""
+    return multihost.fingerprint([self.step, replay_buffer.to_json(self.buffer),
+                                  self.data_iter.get_state()])
+
+  def run(self) -> bool:
+    """Trains to `total_steps`; False when stopped early by SIGTERM (after a checkpoint)."""
     c = self.config
     writer = MetricWriter(self.workdir, tensorboard=c.log.tensorboard, resume_step=self.step - 1)
     bar = None
     if c.log.progress and jax.process_index() == 0:
       import tqdm
       bar = tqdm.tqdm(total=c.total_steps, initial=self.step, desc=c.method, unit="step")
+    stopped = False
     try:
       while self.step < c.total_steps:
+        if self.sync.check(self.step, self.fingerprint() if jax.process_count() > 1 else ""):
+          stopped = True
+          break
         metrics = self.train_step()
         step = self.step - 1
         if step % c.log.every == 0 or self.step == c.total_steps:
@@ -583,13 +621,19 @@ class Trainer:
       if self.checkpointer.manager.latest_step() != self.step:
         self.save(force=True)
       self.checkpointer.wait()
-      if c.export.at_end:
+      logging.info("process %d: host state fingerprint %s at step %d", jax.process_index(),
+                   self.fingerprint(), self.step)
+      if stopped:
+        logging.warning("stopped by a signal after %d steps, checkpointed: rerun the same "
+                        "command to resume", self.step)
+      elif c.export.at_end:
         logging.info("exported the student to %s", self.export())
     finally:
       if bar is not None:
         bar.close()
       writer.close()
-      self.checkpointer.close()
+      self.close()
+    return not stopped
 
 
 def _flat(group: Group) -> bool:
@@ -609,15 +653,25 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and exports go here.")
 _EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
                                  "Export the newest checkpoint's student and exit.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", multihost.DISTRIBUTED,
+    "Start jax.distributed (one process per host): auto = when the flags below are given or "
+    "a Cloud TPU VM / SLURM / Open MPI cluster is detected.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (GPU clusters, CPU tests).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
   del argv
+  multihost.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                       _PROCESS_ID.value)
   config = _CONFIG.value
   trainer = Trainer(config, _WORKDIR.value)
   if _EXPORT_ONLY.value:
     print(trainer.export())
-    trainer.checkpointer.close()
+    trainer.close()
     return
   trainer.run()
 

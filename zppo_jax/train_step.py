@@ -110,12 +110,13 @@ def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
 
 
 def shard_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
-  """Global batch arrays from this host's rows (numpy): on several hosts each process
-  passes its own rows (the data pipeline's shard) and the result spans all of them; on one
-  host it is the batch itself, split over the devices."""
+  """The global batch (numpy, the same on every host, as the trainer builds it) as arrays
+  split over the batch shards: each device takes its block, no host sends rows to another."""
   spec = batch_sharding(mesh, rules)
-  return {name: jax.make_array_from_process_local_data(spec, np.asarray(x))
-          for name, x in batch.items()}
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, spec, lambda index: x[index])
+  return {name: put(x) for name, x in batch.items()}
 
 
 def init_state(params, optimizer, seed: int, shardings: TrainState | None = None) -> TrainState:

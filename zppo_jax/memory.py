@@ -1,0 +1,142 @@
+r"""Accelerator memory of a run, per device, before renting the machines.
+
+    python -m zppo_jax.memory --config configs/zppo.py:size=2b,mesh=tpu_v5p --devices 64 \
+        [--student_size 2b --teacher_size 27b] [--config.mesh.shape='(2,32,1)']
+
+Counts what the trainer keeps on each device, from the model shapes and the config's mesh
+and sharding rules (an abstract mesh: no device is needed): the student's master params,
+their gradients and the optimizer state, the compute-dtype copy the sampler runs on, the
+reference and teacher params, and the largest rollout cache. Activations of the train step
+are not counted (with `remat="full"` they are one layer's working set plus each layer's
+input, [rows per device, T, hidden]).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from jax.sharding import AbstractMesh
+from ml_collections import config_flags
+
+from zppo_jax import run_config, sharding
+from zppo_jax import train_step as ts
+from zppo_jax.models import qwen3_5
+from zppo_jax.sampler import Sampler
+
+GIB = 2**30
+# HBM per device of the platforms in run_config.MESHES.
+HBM_GIB = {"tpu_v5p": 95, "tpu_v6e": 32, "gpu_8xh100": 80}
+
+
+def abstract_mesh(shape, devices: int) -> AbstractMesh:
+  """The config's mesh shape (one -1 filled in) over `devices` devices, without devices."""
+  return AbstractMesh(sharding.mesh_shape(shape, devices), sharding.MESH_AXES)
+
+
+def _bytes(shapes, shardings) -> int:
+  """Per-device bytes of a pytree of ShapeDtypeStructs placed by matching shardings."""
+  return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+             for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
+
+
+def model_config(path: str, size: str | None, what: str) -> qwen3_5.Qwen3_5Config:
+  """From the checkpoint's config.json, or the official shapes of `size`."""
+  if size:
+    spec = importlib.util.spec_from_file_location(
+        "qwen3_5_shapes", os.path.join(run_config.REPO, "configs", "models", "qwen3_5.py"))
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    return qwen3_5.from_hf_dict(shapes.hf_config(size), source=f"Qwen3.5-{size}")
+  if not os.path.exists(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"{path}/config.json not found: give --{what}_size (0.8b, 2b, 4b, "
+                            f"9b, 27b) to use the official shapes instead")
+  return qwen3_5.load_config(path)
+
+
+def _params(mcfg, dtype, mesh):
+  shapes = jax.eval_shape(lambda: qwen3_5.init_params(mcfg, jax.random.key(0), dtype))
+  return _bytes(shapes, qwen3_5.param_shardings(mcfg, mesh))
+
+
+def _cache(mcfg, mesh, prompts: int, prompt_len: int, new: int, samples: int) -> int:
+  """Per-device bytes of a rollout's decode cache: rows split over the batch shards, heads
+  over the tensor axis (when they divide it)."""
+  total = Sampler(mcfg).cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16)
+  batch = sharding.shard_count("batch", mesh)
+  heads = sharding.shard_count("kv_heads", mesh)
+  heads = heads if mcfg.num_key_value_heads % heads == 0 else 1
+  return -(-total // (batch * heads))
+
+
+def estimate(config, devices: int, student_size: str | None = None,
+             teacher_size: str | None = None) -> dict[str, int]:
+  """Per-device bytes of each part of a run (see the module docstring)."""
+  mesh = abstract_mesh(config.mesh.shape, devices)
+  student = model_config(config.student.path, student_size, "student")
+  param_dtype = jnp.dtype(config.student.dtype)
+  compute = jnp.dtype(config.train.compute_dtype)
+  optimizer = ts.make_optimizer(config.train.optimizer)
+  state = ts.state_shardings(student, optimizer, mesh, param_dtype=param_dtype)
+  params = jax.eval_shape(lambda: qwen3_5.init_params(student, jax.random.key(0), param_dtype))
+  out = {"student params": _bytes(params, state.params),
+         "gradients": _bytes(params, state.params),
+         "optimizer state": _bytes(jax.eval_shape(optimizer.init, params), state.opt_state)}
+  if compute != param_dtype:
+    out["sampling copy (compute dtype)"] = _params(student, compute, mesh)
+  if config.train.loss.beta:
+    out["reference params"] = out["student params"]
+  questions = config.questions_per_step + (config.buffer.replay_per_step
+                                           if config.buffer.enabled else 0)
+  r, z = config.rollout, config.zppo
+  # The prompt of an original question is short; BCQ/NCQ prompts go up to max_prompt_tokens.
+  out["rollout cache (original)"] = _cache(student, mesh, questions, 512, r.max_new_tokens,
+                                           r.group_size)
+  if z.bcq or z.ncq:
+    out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, questions, z.max_prompt_tokens,
+                                            r.max_new_tokens, r.group_size)
+  if config.teacher.source == "model":
+    teacher = model_config(config.teacher.path, teacher_size, "teacher")
+    out["teacher params"] = _params(teacher, jnp.dtype(config.teacher.dtype), mesh)
+    out["teacher rollout cache"] = _cache(teacher, mesh, questions, 512,
+                                          config.teacher.max_new_tokens,
+                                          config.teacher.num_rollouts)
+  return out
+
+
+def peak(parts: dict[str, int]) -> int:
+  """Caches live one at a time (one sampler call after another); the rest lives throughout."""
+  caches = [v for k, v in parts.items() if "cache" in k]
+  return sum(v for k, v in parts.items() if "cache" not in k) + max(caches, default=0)
+
+
+def table(parts: dict[str, int], hbm_gib: float | None = None) -> str:
+  lines = ["| per device | GiB |", "|---|---|"]
+  lines += [f"| {k} | {v / GIB:.2f} |" for k, v in parts.items()]
+  lines.append(f"| **peak (params + states + largest cache)** | **{peak(parts) / GIB:.2f}** |")
+  if hbm_gib:
+    lines.append(f"| HBM | {hbm_gib} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  parts = estimate(f.config, f.devices, f.student_size, f.teacher_size)
+  print(table(parts, HBM_GIB.get(f.platform)))
+
+
+if __name__ == "__main__":
+  # Defined here, not at import: zppo_jax.train defines --config too, and both are imported
+  # by one test process.
+  config_flags.DEFINE_config_file("config", None, "A configs/*.py file (:arg optional).")
+  flags.DEFINE_integer("devices", None, "Devices (chips / GPUs) of the whole run.")
+  flags.DEFINE_string("student_size", None, "Official shapes instead of config.json.")
+  flags.DEFINE_string("teacher_size", None, "Official shapes instead of config.json.")
+  flags.DEFINE_enum("platform", None, sorted(HBM_GIB), "Compare with its HBM.")
+  flags.mark_flags_as_required(["config", "devices"])
+  app.run(main)
