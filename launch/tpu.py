@@ -64,8 +64,11 @@ def commands(args) -> list[list[str]]:
                     f"--accelerator-type={args.accelerator}", f"--version={version}"]
             + (["--spot"] if args.spot else [])]
   if args.action == "setup":
-    install = (f"python3 -m venv ~/venv && ~/venv/bin/pip install -q -U pip "
-               f"{shlex.quote(args.jax)} && ~/venv/bin/pip install -q -r requirements.txt")
+    # (TPU VM images may lack python3-venv: installed on demand)
+    venv = ("{ python3 -m venv ~/venv || { sudo apt-get -qq update && sudo apt-get -qq install "
+            "-y python3-venv && python3 -m venv ~/venv; }; }")
+    install = (f"{venv} && ~/venv/bin/pip install -q -U pip {shlex.quote(args.jax)} && "
+               f"~/venv/bin/pip install -q -r requirements.txt")
     if args.git:
       return [_ssh(args, f"rm -rf {REMOTE_DIR} && git clone --depth 1 {shlex.quote(args.git)} "
                          f"{REMOTE_DIR} && cd {REMOTE_DIR} && {install}")]

@@ -61,6 +61,9 @@ def test_tpu_create_setup_run_logs_stop_delete():
   assert stop[-1] == "--command=pkill -TERM -f zppo_jax.train || true"  # graceful: checkpoint
   [delete] = _dry("tpu.py", "delete", *TPU, "--queued")
   assert delete[3:6] == ["queued-resources", "delete", "zppo"] and "--quiet" in delete
+  for cmd in (install, run, logs, stop):  # what the workers' shells run parses as bash
+    remote = cmd[-1].removeprefix("--command=")
+    assert subprocess.run(["bash", "-n", "-c", remote]).returncode == 0, remote
 
 
 def test_tpu_errors_name_the_argument():
