@@ -35,11 +35,10 @@ def cluster_in_env(environ=os.environ, exists=os.path.exists) -> bool:
     return True
   if environ.get("TPU_WORKER_HOSTNAMES") or environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
     return True
-  for size in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-    if int(environ.get(size, "1") or 1) > 1 and (size != "SLURM_NTASKS"
-                                                  or "SLURM_STEP_ID" in environ):
-      return True
-  return False
+  if int(environ.get("OMPI_COMM_WORLD_SIZE") or 1) > 1:
+    return True
+  # SLURM: several tasks, and this is one of them (inside `srun`, not the sbatch script)
+  return int(environ.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_ID" in environ
 
 
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
