@@ -1,7 +1,6 @@
 """launch/ scripts: the commands they would run (--dry-run), the SLURM script run under fake
 `srun`/`scontrol`/`python` and clean under shellcheck; the memory tool's arithmetic."""
 
-import importlib.util
 import os
 import shlex
 import shutil
@@ -118,15 +117,8 @@ def test_slurm_script_gives_each_task_its_flags_and_passes_shellcheck(tmp_path):
 
 # ---------------------------------------------------------------------------- memory tool
 
-def _tiny_shapes():
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def test_memory_estimate_divides_by_the_mesh():
-  c = _tiny_shapes()
+  c = run_config.config_module("tiny.py").get_config()
   c.mesh.shape = (1, -1, 1)
   one = memory.estimate(c, 1)
   four = memory.estimate(c, 4)
@@ -136,7 +128,8 @@ def test_memory_estimate_divides_by_the_mesh():
   assert one["student params"] == 4 * n                       # float32, one device
   assert 0 <= one["optimizer state"] - 2 * one["student params"] <= 64  # AdamW: 2 moments, a count
   assert four["student params"] < one["student params"]       # FSDP splits what divides
-  assert one["rollout cache (original)"] == 4 * four["rollout cache (original)"]  # rows / 4
+  # rows split 4 ways; the cache's 4-byte write index is on every device
+  assert one["rollout cache (original)"] - 4 == 4 * (four["rollout cache (original)"] - 4)
   assert "teacher params" in one and "sampling copy (compute dtype)" not in one
   assert memory.peak(one) == (sum(v for k, v in one.items() if "cache" not in k)
                               + max(v for k, v in one.items() if "cache" in k))

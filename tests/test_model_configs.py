@@ -1,20 +1,16 @@
 """The real Qwen3.5 shapes in configs/models build, and count as many parameters as
 transformers' own model of the same config.json."""
 
-import importlib.util
-import os
 
 import jax
 import pytest
 import torch
 import transformers
 
+from zppo_jax import run_config
 from zppo_jax.models import qwen3_5
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "models", "qwen3_5.py")
-_spec = importlib.util.spec_from_file_location("qwen3_5_sizes", _PATH)
-sizes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sizes)
+sizes = run_config.config_module("models/qwen3_5.py")
 
 # Text-model parameters (without vision tower and MTP head), as published model sizes round.
 APPROX_BILLIONS = {"0.8b": 0.75, "2b": 1.9, "4b": 4.2, "9b": 9.0, "27b": 26.9}

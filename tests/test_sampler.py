@@ -186,6 +186,11 @@ def test_cache_bytes_follow_the_documented_formula(periodic):
                                           * c.linear_key_head_dim * c.linear_value_head_dim * 4))
   # plus the per-row slot mask and positions, and the index
   assert smp.cache_bytes(3, 20, 100, num_samples=2) == formula + n * s + n * 4 + 4
+  # On a (data 2, fsdp 1, tensor 2) mesh, one device holds half the rows and half the heads
+  # (KV heads, delta-rule heads and conv channels all divide 2); the index is replicated.
+  mesh = jax.sharding.AbstractMesh((2, 1, 2), sharding.MESH_AXES)
+  per_device = sampler.Sampler(c, mesh=mesh).cache_bytes(3, 20, 100, num_samples=2)
+  assert per_device == formula // 4 + (n * s + n * 4) // 2 + 4
 
 
 @pytest.mark.parametrize("prompts,kwargs,message", [

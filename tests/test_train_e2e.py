@@ -1,7 +1,6 @@
 """The whole ZPPO loop on the shipped tiny models (configs/tiny.py, a few steps): the paper's
 mechanics all happen, and a killed run resumes to exactly the uninterrupted result."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,18 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from zppo_jax import train
+from zppo_jax import run_config, train
 from zppo_jax.models import qwen3_5
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 
 
 def _config(workdir, steps=STEPS):
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = run_config.config_module("tiny.py").get_config()
   c.total_steps = steps
   c.checkpoint.every = 2
   c.log.progress = False

@@ -2,7 +2,6 @@
 method configs."""
 
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
@@ -83,9 +82,7 @@ def test_teacher_response_replaces_a_wrong_rollout():
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
 def test_every_config_validates(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = run_config.config_module(os.path.basename(path))
   config = module.get_config()
   train.validate(config)
   if os.path.basename(path) in ("tiny.py", "tiny_sft.py"):

@@ -13,8 +13,6 @@ input, [rows per device, T, hidden]).
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
 
 import jax
@@ -38,19 +36,10 @@ def abstract_mesh(shape, devices: int) -> AbstractMesh:
   return AbstractMesh(sharding.mesh_shape(shape, devices), sharding.MESH_AXES)
 
 
-def _bytes(shapes, shardings) -> int:
-  """Per-device bytes of a pytree of ShapeDtypeStructs placed by matching shardings."""
-  return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
-             for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
-
-
 def model_config(path: str, size: str | None, what: str) -> qwen3_5.Qwen3_5Config:
   """From the checkpoint's config.json, or the official shapes of `size`."""
   if size:
-    spec = importlib.util.spec_from_file_location(
-        "qwen3_5_shapes", os.path.join(run_config.REPO, "configs", "models", "qwen3_5.py"))
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
+    shapes = run_config.config_module("models/qwen3_5.py")
     return qwen3_5.from_hf_dict(shapes.hf_config(size), source=f"Qwen3.5-{size}")
   if not os.path.exists(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{path}/config.json not found: give --{what}_size (0.8b, 2b, 4b, "
@@ -60,17 +49,11 @@ def model_config(path: str, size: str | None, what: str) -> qwen3_5.Qwen3_5Confi
 
 def _params(mcfg, dtype, mesh):
   shapes = jax.eval_shape(lambda: qwen3_5.init_params(mcfg, jax.random.key(0), dtype))
-  return _bytes(shapes, qwen3_5.param_shardings(mcfg, mesh))
+  return sharding.bytes_per_device(shapes, qwen3_5.param_shardings(mcfg, mesh))
 
 
 def _cache(mcfg, mesh, prompts: int, prompt_len: int, new: int, samples: int) -> int:
-  """Per-device bytes of a rollout's decode cache: rows split over the batch shards, heads
-  over the tensor axis (when they divide it)."""
-  total = Sampler(mcfg).cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16)
-  batch = sharding.shard_count("batch", mesh)
-  heads = sharding.shard_count("kv_heads", mesh)
-  heads = heads if mcfg.num_key_value_heads % heads == 0 else 1
-  return -(-total // (batch * heads))
+  return Sampler(mcfg, mesh=mesh).cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16)
 
 
 def estimate(config, devices: int, student_size: str | None = None,
@@ -83,13 +66,14 @@ def estimate(config, devices: int, student_size: str | None = None,
   optimizer = ts.make_optimizer(config.train.optimizer)
   state = ts.state_shardings(student, optimizer, mesh, param_dtype=param_dtype)
   params = jax.eval_shape(lambda: qwen3_5.init_params(student, jax.random.key(0), param_dtype))
-  out = {"student params": _bytes(params, state.params),
-         "gradients": _bytes(params, state.params),
-         "optimizer state": _bytes(jax.eval_shape(optimizer.init, params), state.opt_state)}
+  master = sharding.bytes_per_device(params, state.params)
+  out = {"student params": master, "gradients": master,  # gradients: like the params
+         "optimizer state": sharding.bytes_per_device(jax.eval_shape(optimizer.init, params),
+                                                      state.opt_state)}
   if compute != param_dtype:
     out["sampling copy (compute dtype)"] = _params(student, compute, mesh)
   if config.train.loss.beta:
-    out["reference params"] = out["student params"]
+    out["reference params"] = master
   questions = config.questions_per_step + (config.buffer.replay_per_step
                                            if config.buffer.enabled else 0)
   r, z = config.rollout, config.zppo

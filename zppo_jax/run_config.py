@@ -12,6 +12,7 @@ and ablations; see `method_config`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import ml_collections
@@ -33,6 +34,17 @@ MESHES = {
     "tpu_v6e": (1, -1, 1),          # 32 GB per chip: FSDP over >= 32 chips (zppo_jax.memory;
                                     # the 0.8B/2B's 2 KV heads do not split 4 ways)
 }
+
+
+def config_module(relpath: str):
+  """The module of a file under configs/ (files named on the command line, not a package),
+  e.g. `config_module("tiny.py").get_config()`."""
+  path = os.path.join(REPO, "configs", relpath)
+  spec = importlib.util.spec_from_file_location(
+      "configs." + relpath.removesuffix(".py").replace("/", "."), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -157,10 +157,14 @@ class Sampler:
 
   def cache_bytes(self, num_prompts: int, prompt_len: int, max_new_tokens: int,
                   num_samples: int = 1, dtype=jnp.bfloat16) -> int:
+    """Bytes of the decode cache of such a call; with a mesh (real or abstract), what one
+    device holds of it."""
     rows, t, m = self.shapes(num_prompts, prompt_len, max_new_tokens)
-    cache = jax.eval_shape(lambda: qwen3_5.init_cache(self.config, rows * num_samples, t + m,
-                                                      dtype))
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+    n = rows * num_samples
+    cache = jax.eval_shape(lambda: qwen3_5.init_cache(self.config, n, t + m, dtype))
+    if self.mesh is None:
+      return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+    return sharding_lib.bytes_per_device(cache, self._cache_shardings(n, t + m, dtype))
 
   # -- sharding helpers ----------------------------------------------------------------------
 

@@ -112,6 +112,13 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
   return PartitionSpec(*spec)
 
 
+def bytes_per_device(shape_tree, sharding_tree) -> int:
+  """Bytes one device holds of a pytree of arrays (or ShapeDtypeStructs) placed by a matching
+  pytree of shardings (on a real or an abstract mesh)."""
+  return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+             for x, s in zip(jax.tree.leaves(shape_tree), jax.tree.leaves(sharding_tree)))
+
+
 def named_shardings(logical_tree, shape_tree, mesh: Mesh, rules=DEFAULT_RULES):
   """Pytree of NamedSharding from a pytree of logical-axis tuples and one of arrays (or
   jax.ShapeDtypeStruct) with the same structure."""

@@ -305,17 +305,18 @@ def _completion_ids(tok: Tokenizer, response: str, enable_thinking: bool) -> lis
 def teacher_in_group(groups: Sequence[Group], solutions, tok, config):
   """GRPO + teacher response: in each hard group the teacher solved, its correct response
   replaces the last wrong rollout and is flagged off-policy (see `losses.grpo`)."""
-  for group in groups:
-    solved = solutions.get(group.question.id)
-    wrong = np.flatnonzero(group.rewards < 1.0)
-    if not solved or not len(wrong):
-      continue
-    i = int(wrong[-1])
-    group.completions[i] = _completion_ids(tok, solved[0], config.rollout.enable_thinking)
+  swaps = [(group, int(np.flatnonzero(group.rewards < 1.0)[-1]))
+           for group in groups
+           if solutions.get(group.question.id) and np.any(group.rewards < 1.0)]
+  scores = grade([solutions[g.question.id][0] for g, _ in swaps],  # one gather for all
+                 [g.question.answer for g, _ in swaps], config)
+  for (group, i), score in zip(swaps, scores):
+    response = solutions[group.question.id][0]
+    group.completions[i] = _completion_ids(tok, response, config.rollout.enable_thinking)
     group.logprobs[i] = [0.0] * len(group.completions[i])
     group.truncated[i] = False
-    group.texts[i] = solved[0]
-    group.rewards[i] = grade([solved[0]], [group.question.answer], config)[0]
+    group.texts[i] = response
+    group.rewards[i] = score
     group.off_policy[i] = True
 
 
