@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from zppo_jax import run_config, train
+from zppo_jax import evaluate, run_config, sharding, train
 from zppo_jax.models import qwen3_5
 
 STEPS = 4
@@ -22,6 +22,8 @@ def _config(workdir, steps=STEPS):
   c.log.progress = False
   c.log.samples_every = 2
   c.export.dir = os.path.join(workdir, "export")
+  c.eval.update(every=2, k=2, benchmarks=("heldout=synthetic:heldout;limit=6",
+                                          "transfer=synthetic:transfer;limit=4"))
   return c
 
 
@@ -45,8 +47,10 @@ def straight(tmp_path_factory):
 
 
 def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
-  workdir, lines, params = straight
-  assert [line["step"] for line in lines] == list(range(STEPS))
+  workdir, all_lines, params = straight
+  # one line per step, then the final held-out evaluation on a line of its own
+  assert [line["step"] for line in all_lines] == list(range(STEPS)) + [STEPS]
+  lines = all_lines[:STEPS]
   total = lambda key: sum(line[key] for line in lines)  # noqa: E731
   assert total("buffer/admitted") > 0
   assert total("bcq/count") > 0 and total("ncq/count") > 0    # both prompt kinds built ...
@@ -92,3 +96,27 @@ def test_killed_run_resumes_exactly(straight, tmp_path, monkeypatch):
   trainer.run()
   assert _comparable(_metrics(workdir)) == _comparable(want_lines)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.state.params), want_params)
+
+
+def test_held_out_evaluation_during_training_and_from_the_checkpoint(straight):
+  """Every eval.every steps (and at the end) the held-out sets land in metrics.jsonl and
+  eval/step_N.json; `zppo_jax.evaluate` on the workdir's newest checkpoint gives the final
+  evaluation again (the same params, the same sampling seeds)."""
+  workdir, lines, params = straight
+  evaluated = {line["step"]: line for line in lines if "eval/heldout/avg@2" in line}
+  assert sorted(evaluated) == [0, 2, STEPS]
+  for line in evaluated.values():
+    assert line["eval/heldout/questions"] == 6 and line["eval/transfer/questions"] == 4
+    assert 0 <= line["eval/heldout/avg@2"] <= line["eval/heldout/pass@2"] <= 1
+  assert sorted(os.listdir(os.path.join(workdir, "eval"))) == [
+      f"step_{s:06d}.{ext}" for s in (0, 2, STEPS) for ext in ("json", "md")]
+  config = _config(workdir)
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  model_config, restored, tokenizer_dir = evaluate.load_policy(config, workdir, mesh)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params)
+  from zppo_jax.data.tokenizer import Tokenizer
+  from zppo_jax.sampler import Sampler
+  evaluator = evaluate.Evaluator(config, Tokenizer.load(tokenizer_dir),
+                                 Sampler(model_config, mesh=mesh))
+  again = evaluate.metrics(evaluator.run(restored, config.seed), ())
+  assert again == {k: v for k, v in evaluated[STEPS].items() if k.startswith("eval/")}

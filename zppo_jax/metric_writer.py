@@ -1,5 +1,7 @@
 """Where a run's numbers go: `metrics.jsonl` (one object per step), TensorBoard events and
-`samples.jsonl` (rollouts to read), all in the workdir, written by process 0 only.
+record files such as `samples.jsonl` (rollouts to read) and `reformulations.jsonl` (each
+BCQ/NCQ group's accuracy next to its original question's), all in the workdir, written by
+process 0 only.
 
 On resume from step k, lines of steps after k (written after the last checkpoint) are
 dropped first, so the file reads as if the run had never stopped.
@@ -26,17 +28,20 @@ def _rewind(path: str, step: int):
   os.replace(tmp, path)
 
 
+RECORDS = ("samples", "reformulations")
+
+
 class MetricWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int = 0):
     self.active = jax.process_index() == 0
+    self.workdir = workdir
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
-    self.samples_path = os.path.join(workdir, "samples.jsonl")
     self.tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    for path in (self.metrics_path, self.samples_path):
+    for path in [self.metrics_path] + [self._path(name) for name in RECORDS]:
       _rewind(path, resume_step)
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -56,10 +61,16 @@ class MetricWriter:
         if isinstance(value, float):
           self.tb.add_scalar(name, value, step)
 
-  def samples(self, step: int, rows: list[dict]):
+  def _path(self, name: str) -> str:
+    return os.path.join(self.workdir, f"{name}.jsonl")
+
+  def records(self, name: str, step: int, rows: list[dict]):
+    """Appends rows (dicts) of `step` to `<name>.jsonl`, `name` one of RECORDS."""
+    if name not in RECORDS:
+      raise ValueError(f"unknown record file {name!r}; one of {RECORDS}")
     if not self.active or not rows:
       return
-    with open(self.samples_path, "a") as f:
+    with open(self._path(name), "a") as f:
       for row in rows:
         f.write(json.dumps({"step": step, **row}) + "\n")
 

@@ -72,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
       source="synthetic",       # synthetic | a .jsonl / .parquet path | tfds:<name>[:split]
       synthetic_size=20000,
       level_weights=(0.3, 0.3, 0.25, 0.15),
+      format="",                # "" = our own rows (or a TFDS preset); else a row format of
+                                # data.benchmarks (gsm8k, math500, aime, mmlu, mmlu_pro, arc, ...)
       tfds_data_dir="",
       on_error="raise",         # raise | skip malformed rows
       shuffle=True)
@@ -118,6 +120,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = train_step.default_config()
   c.train.optimizer.update(learning_rate=5e-5, warmup_steps=0, total_steps=40)
   c.train.compute_dtype = "float32"
+
+  # Held-out evaluation (zppo_jax.evaluate): sets as `data.benchmarks` specs, each question
+  # sampled k times; every > 0 also evaluates during training (at step 0 when at_start).
+  c.eval = dict(
+      benchmarks=("heldout=synthetic:heldout;limit=64", "transfer=synthetic:transfer;limit=32"),
+      k=4,                      # samples per question: avg@k and pass@k
+      pass_at=(),               # more pass@j (j <= k) from the same samples
+      temperature=1.0,
+      top_p=1.0,
+      max_new_tokens=0,         # 0 = rollout.max_new_tokens
+      batch_size=64,            # questions per sampler call
+      every=0,
+      at_start=True)
 
   c.mesh = dict(shape=MESHES["cpu"], axis_types="auto")
 
@@ -219,5 +234,8 @@ def _real_scale(c, size: str, root: str, mesh: str):
   c.rollout.update(group_size=8, max_new_tokens=4096)
   c.buffer.update(capacity=2048, replay_per_step=64)
   c.zppo.update(max_prompt_tokens=8192, max_candidate_tokens=3072)
+  c.eval.update(benchmarks=("gsm8k=tfds:gsm8k;split=test",
+                            "arc_challenge=tfds:ai2_arc/ARC-Challenge;split=test"),
+                every=50, k=4, temperature=0.6, top_p=0.95, batch_size=256)
   c.mesh.shape = MESHES[mesh]
   c.checkpoint.every = 20

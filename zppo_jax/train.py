@@ -35,10 +35,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zppo_jax import (checkpointing, losses, multihost, prompts, replay_buffer, rewards,
-                      run_config, sharding)
+from zppo_jax import (checkpointing, evaluate, losses, multihost, prompts, replay_buffer,
+                      rollouts, run_config, sharding)
 from zppo_jax import train_step as ts
-from zppo_jax.data import pipeline, sources, synthetic
+from zppo_jax.data import benchmarks, pipeline, sources, synthetic
 from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
 from zppo_jax.metric_writer import MetricWriter
@@ -79,11 +79,6 @@ class Models:
   teacher_params: dict | None = None
   teacher_sampler: Sampler | None = None
   ref_params: dict | None = None
-
-
-def _seed(*parts: int) -> int:
-  """A 32-bit seed from (run seed, step, stage, ...): every host draws the same."""
-  return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 def _question(d: dict) -> Question:
@@ -140,9 +135,14 @@ def open_data(config):
     return synthetic.ArithmeticSource(d.synthetic_size, seed=config.seed,
                                       level_weights=tuple(d.level_weights))
   if d.source.startswith("tfds:"):
-    name, _, split = d.source[len("tfds:"):].partition(":")
-    return sources.TfdsSource(name, split or "train", d.tfds_data_dir or None)
-  return sources.open_source(d.source)
+    body = d.source[len("tfds:"):]  # <name>[:split]; huggingface:<name> keeps its colon
+    namespace = "huggingface:" if body.startswith("huggingface:") else ""
+    name, _, split = body[len(namespace):].partition(":")
+    source = sources.TfdsSource(namespace + name, split or "train", d.tfds_data_dir or None,
+                                raw=bool(d.format))
+  else:
+    source = sources.open_source(d.source)
+  return benchmarks.FormattedSource(source, d.format) if d.format else source
 
 
 def load_student(config, mesh):
@@ -192,38 +192,12 @@ def questions(config, data_iter, buffer_state, step) -> list[tuple[Question, boo
   new = next_batch(data_iter)
   out = [(q, False) for q in new]
   if config.buffer.enabled and config.buffer.replay_per_step:
-    rng = np.random.default_rng(_seed(config.seed, step, 1))
+    rng = np.random.default_rng(rollouts.derive_seed(config.seed, step, 1))
     replay = replay_buffer.sample(buffer_state, config.buffer.replay_per_step, rng,
                                   order=config.buffer.replay_order,
                                   exclude=frozenset(q.id for q in new))
     out += [(_question(e.question), True) for e in replay]
   return out
-
-
-def grade(texts: Sequence[str], answers: Sequence[str], config) -> np.ndarray:
-  """Rewards of (text, answer) pairs, each graded by one host and gathered: the work is split,
-  and a time-bounded check cannot come out differently on two hosts."""
-  def one(pair):
-    return rewards.reward(pair[0], pair[1], format_weight=config.reward.format_weight,
-                          timeout_s=config.reward.timeout_s)
-  return np.asarray(multihost.map_shared(one, list(zip(texts, answers))), np.float32)
-
-
-def _sample(sampler, params, tokenizer, prompt_ids, config, *, num_samples, seed,
-            max_new_tokens, temperature):
-  out = sampler.generate(params, prompt_ids, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=config.rollout.top_p,
-                         num_samples=num_samples, seed=seed,
-                         stop_token_ids=tokenizer.stop_token_ids)
-  prefix = GENERATION_PREFIX[config.rollout.enable_thinking]
-  texts = [prefix + t for t in tokenizer.decode_batch(
-      [c[:-1] if r != LENGTH else c for c, r in zip(out.tokens, out.finish_reason)])]
-  return out, texts
-
-
-def _prompt_ids(tok: Tokenizer, config, users: Sequence[str]) -> list[list[int]]:
-  return [tok.encode_prompt(user, config.rollout.system or None, config.rollout.enable_thinking)
-          for user in users]
 
 
 def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, bool]],
@@ -234,14 +208,15 @@ def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, b
   if not items:
     return []
   tok, g = models.tokenizer, config.rollout.group_size
-  prompt_ids = _prompt_ids(tok, config, [user for _, _, user, _ in items])
+  prompt_ids = rollouts.prompt_ids(tok, config, [user for _, _, user, _ in items])
   if not config.distill.student_rollouts:
     return [Group(kind, q, ids, [], [], [], [], np.zeros(0, np.float32), np.zeros(0, bool), rep)
             for (kind, q, _, rep), ids in zip(items, prompt_ids)]
-  out, texts = _sample(models.sampler, params, tok, prompt_ids, config, num_samples=g, seed=seed,
-                       max_new_tokens=config.rollout.max_new_tokens,
-                       temperature=config.rollout.temperature)
-  scores = grade(texts, [q.answer for _, q, _, _ in items for _ in range(g)], config)
+  out, texts = rollouts.sample(models.sampler, params, tok, prompt_ids, config, num_samples=g,
+                               seed=seed, max_new_tokens=config.rollout.max_new_tokens,
+                               temperature=config.rollout.temperature,
+                               top_p=config.rollout.top_p)
+  scores = rollouts.grade(texts, [q.answer for _, q, _, _ in items for _ in range(g)], config)
   groups = []
   for i, (kind, q, _, replayed) in enumerate(items):
     rows = slice(i * g, (i + 1) * g)
@@ -259,14 +234,16 @@ def teacher_pass(models, config, hard: Sequence[Question], seed: int) -> dict[st
     responses = {q.id: list(q.teacher_responses) for q in hard}
   else:
     tok = models.tokenizer
-    prompt_ids = _prompt_ids(tok, config, [q.question for q in hard])
+    ids = rollouts.prompt_ids(tok, config, [q.question for q in hard])
     n = config.teacher.num_rollouts
-    _, texts = _sample(models.teacher_sampler, models.teacher_params, tok, prompt_ids, config,
-                       num_samples=n, seed=seed, max_new_tokens=config.teacher.max_new_tokens,
-                       temperature=config.teacher.temperature)
+    _, texts = rollouts.sample(models.teacher_sampler, models.teacher_params, tok, ids,
+                               config, num_samples=n, seed=seed,
+                               max_new_tokens=config.teacher.max_new_tokens,
+                               temperature=config.teacher.temperature,
+                               top_p=config.rollout.top_p)
     responses = {q.id: texts[i * n:(i + 1) * n] for i, q in enumerate(hard)}
   pairs = [(r, q.answer) for q in hard for r in responses[q.id]]
-  correct = iter(grade([r for r, _ in pairs], [a for _, a in pairs], config) >= 1.0)
+  correct = iter(rollouts.grade([r for r, _ in pairs], [a for _, a in pairs], config) >= 1.0)
   return {q.id: [r for r in responses[q.id] if next(correct)] for q in hard}
 
 
@@ -308,7 +285,7 @@ def teacher_in_group(groups: Sequence[Group], solutions, tok, config):
   swaps = [(group, int(np.flatnonzero(group.rewards < 1.0)[-1]))
            for group in groups
            if solutions.get(group.question.id) and np.any(group.rewards < 1.0)]
-  scores = grade([solutions[g.question.id][0] for g, _ in swaps],  # one gather for all
+  scores = rollouts.grade([solutions[g.question.id][0] for g, _ in swaps],  # one gather for all
                  [g.question.answer for g, _ in swaps], config)
   for (group, i), score in zip(swaps, scores):
     response = solutions[group.question.id][0]
@@ -403,6 +380,8 @@ class Trainer:
         config.checkpoint.dir or os.path.join(workdir, "checkpoints"),
         every=config.checkpoint.every,
         keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    self.evaluator = (evaluate.Evaluator(config, self.models.tokenizer, self.models.sampler)
+                      if config.eval.every else None)
     self._restore()
     # From here on SIGTERM means "checkpoint and stop" (before, nothing would be lost).
     self.sync = multihost.StepSync()
@@ -453,20 +432,21 @@ class Trainer:
     params = self._sampling_params(self.state.params)
     batch_questions = questions(c, self.data_iter, self.buffer, step)
     groups = roll_out(m, params, c, [(ORIGINAL, q, q.question, r) for q, r in batch_questions],
-                      _seed(c.seed, step, 2))
+                      rollouts.derive_seed(c.seed, step, 2))
     rounds = 0
     while (c.dynamic_sampling.enabled and rounds < c.dynamic_sampling.max_rounds
            and sum(not _flat(g) for g in groups) < c.questions_per_step):
       rounds += 1
       extra = [(ORIGINAL, q, q.question, False) for q in next_batch(self.data_iter)]
-      groups += roll_out(m, params, c, extra, _seed(c.seed, step, 2, rounds))
+      groups += roll_out(m, params, c, extra,
+                         rollouts.derive_seed(c.seed, step, 2, rounds))
     lap("rollout")
 
     threshold = c.buffer.threshold
     distill = c.train.loss.name == "off_policy_distill"
     hard = [g for g in groups if g.completions and g.accuracy < threshold]
     solutions = teacher_pass(m, c, [g.question for g in (groups if distill else hard)],
-                             _seed(c.seed, step, 3))
+                             rollouts.derive_seed(c.seed, step, 3))
     lap("teacher")
 
     events = replay_buffer.Events()
@@ -476,13 +456,13 @@ class Trainer:
           [(dataclasses.asdict(g.question), g.accuracy) for g in groups if g.completions], step,
           threshold=threshold, capacity=c.buffer.capacity)
 
-    rng = np.random.default_rng(_seed(c.seed, step, 4))
+    rng = np.random.default_rng(rollouts.derive_seed(c.seed, step, 4))
     graduated = {e.id for e in events.graduated}
     reformulated = reformulate(c, [g for g in hard if g.question.id not in graduated], solutions,
                                rng, lambda text: len(m.tokenizer.encode(text)))
     extra_groups = roll_out(m, params, c, [(kind, q, user, False)
                                            for kind, q, user in reformulated],
-                            _seed(c.seed, step, 5))
+                            rollouts.derive_seed(c.seed, step, 5))
     lap("reformulated_rollout")
 
     if c.teacher_in_group:
@@ -506,6 +486,12 @@ class Trainer:
         times["time/rollout"] + times["time/reformulated_rollout"], 1e-9)
     metrics["dynamic_sampling/rounds"] = rounds
     self._last_groups = groups + extra_groups
+    original = {x.question.id: x.accuracy for x in groups if x.completions}
+    self._last_reformulations = [
+        {"kind": x.kind, "question_id": x.question.id, "accuracy": x.accuracy,
+         "original_accuracy": original[x.question.id],
+         "teacher_solved": bool(solutions.get(x.question.id))}
+        for x in extra_groups if x.completions]
     self.step += 1
     return metrics
 
@@ -584,6 +570,17 @@ class Trainer:
                    "answer": group.question.answer})
     return rows
 
+  def evaluate(self) -> dict:
+    """The held-out sets on the current params: `eval/...` metrics, and the per-question
+    results in <workdir>/eval/step_<N>.json/.md. Sampling seeds depend on the run's seed
+    only, so every step (and `zppo_jax.evaluate` on a checkpoint) draws alike."""
+    c = self.config
+    results = self.evaluator.run(self._sampling_params(self.state.params), c.seed)
+    evaluate.write(results, os.path.join(self.workdir, "eval"), c, stem=f"step_{self.step:06d}",
+                   title=f"{c.method} after {self.step} steps",
+                   extra={"method": c.method, "seed": c.seed, "step": self.step})
+    return evaluate.metrics(results, c.eval.pass_at)
+
   def close(self):
     self.sync.close()
     self.checkpointer.close()
@@ -607,12 +604,16 @@ class Trainer:
         if self.sync.check(self.step, self.fingerprint() if jax.process_count() > 1 else ""):
           stopped = True
           break
-        metrics = self.train_step()
+        held_out = {}
+        if self.evaluator and self.step % c.eval.every == 0 and (self.step or c.eval.at_start):
+          held_out = self.evaluate()  # params after `self.step` updates, logged on that line
+        metrics = {**self.train_step(), **held_out}
         step = self.step - 1
-        if step % c.log.every == 0 or self.step == c.total_steps:
+        if step % c.log.every == 0 or self.step == c.total_steps or held_out:
           writer.write(step, metrics)
         if c.log.samples_every and step % c.log.samples_every == 0:
-          writer.samples(step, self.rollout_samples())
+          writer.records("samples", step, self.rollout_samples())
+        writer.records("reformulations", step, self._last_reformulations)
         self.save()
         if bar is not None:
           bar.update(1)
@@ -624,6 +625,8 @@ class Trainer:
       self.checkpointer.wait()
       logging.info("process %d: host state fingerprint %s at step %d", jax.process_index(),
                    self.fingerprint(), self.step)
+      if not stopped and self.evaluator:
+        writer.write(self.step, self.evaluate())  # the final params, on a line of their own
       if stopped:
         logging.warning("stopped by a signal after %d steps, checkpointed: rerun the same "
                         "command to resume", self.step)

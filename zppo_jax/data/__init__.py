@@ -5,4 +5,4 @@ from zppo_jax.data.pipeline import ErrorCounter, make_dataset
 from zppo_jax.data.records import DataError, Question, parse_row
 from zppo_jax.data.sources import JsonlSource, ParquetSource, TfdsSource, open_source
 from zppo_jax.data.tokenizer import Tokenizer, render_chat
-from zppo_jax.data.synthetic import ArithmeticSource
+from zppo_jax.data.synthetic import ArithmeticSource, TransferSource

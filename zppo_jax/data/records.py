@@ -28,18 +28,23 @@ def _strings(value, field, where) -> tuple[str, ...]:
   return tuple(value)
 
 
-def parse_row(row: Any, where: str) -> Question:
-  """A `Question` from a dict (or a JSON line of one) with `id`, `question`, `answer` and
-  optional `choices` and `teacher_responses`; `where` (e.g. "data.jsonl line 17") names the
-  row in errors."""
+def as_object(row: Any, where: str, expected: str = "an object") -> dict:
+  """A row as a dict: a JSON line is decoded; anything but an object is a named error."""
   if isinstance(row, (bytes, str)):
     try:
       row = json.loads(row)
     except json.JSONDecodeError as e:
       raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(row, dict):
-    raise DataError(f"{where}: expected an object with fields id, question, answer, got "
-                    f"{type(row).__name__}")
+    raise DataError(f"{where}: expected {expected}, got {type(row).__name__}")
+  return row
+
+
+def parse_row(row: Any, where: str) -> Question:
+  """A `Question` from a dict (or a JSON line of one) with `id`, `question`, `answer` and
+  optional `choices` and `teacher_responses`; `where` (e.g. "data.jsonl line 17") names the
+  row in errors."""
+  row = as_object(row, where, "an object with fields id, question, answer")
   missing = [k for k in ("id", "question", "answer") if row.get(k) in (None, "")]
   if missing:
     raise DataError(f"{where}: missing field(s) {missing}")

@@ -93,12 +93,13 @@ class TfdsSource:
   Its records are mapped to question rows by field names and an answer format ("plain",
   "after_hashes" for GSM8K, "boxed" for MATH-style solutions); `gsm8k` and `math_dataset/*`
   have presets, other datasets (e.g. the `huggingface:` namespace) name their fields.
+  With `raw=True` fields are not mapped here (a `benchmarks.FormattedSource` reads them).
   """
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None, *,
                question_field: str | None = None, answer_field: str | None = None,
                answer_format: str | None = None, id_field: str | None = None,
-               choices_field: str | None = None, download: bool = False):
+               choices_field: str | None = None, download: bool = False, raw: bool = False):
     import tensorflow_datasets as tfds
     preset = TFDS_PRESETS.get(name.split("/")[0].split(":")[-1], {})
     self.question_field = question_field or preset.get("question_field", "question")
@@ -118,7 +119,8 @@ class TfdsSource:
           f"{data_dir or '(default)'}: {reason}. Prepare it as ArrayRecord first: `tfds build "
           f"{name} --data_dir DIR --file_format=array_record`") from None
     fields = set(self._data.dataset_info.features.keys())
-    wanted = [f for f in (self.question_field, self.answer_field, id_field, choices_field) if f]
+    wanted = [] if raw else [f for f in (self.question_field, self.answer_field, id_field,
+                                         choices_field) if f]
     missing = [f for f in wanted if f not in fields]
     if missing:
       raise ValueError(f"TFDS dataset {name!r}: field(s) {missing} not among its features "

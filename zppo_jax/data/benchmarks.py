@@ -1,0 +1,267 @@
+r"""Evaluation sets: a one-line spec names a source and the row format it is in.
+
+    "gsm8k=tfds:gsm8k;split=test;limit=500"
+    "math500=/data/math500.jsonl;format=math500"
+    "mmlu=tfds:huggingface:cais__mmlu/all;split=test;format=mmlu"
+    "heldout=synthetic:heldout;limit=64"
+
+A spec is `name=source` then `;key=value` options: `format` (a key of `FORMATS`), `split`
+(TFDS, default "test"), `limit` (the first N questions), `data_dir` (TFDS), `seed`
+(synthetic sets). Sources: `synthetic:heldout` (unseen questions of the trained arithmetic
+families), `synthetic:transfer` (families never trained on), `tfds:<name>` (including the
+`huggingface:` namespace) and `.jsonl` / `.json` / `.parquet` files.
+
+Each format maps a row to a `Question` (the field mapping is in each function's docstring
+and in the README). Math formats add Qwen's instruction to reason step by step and box the
+answer; multiple-choice formats list the options as letters and ask for the letter boxed,
+and their gold answer is that letter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from zppo_jax.data import sources, synthetic
+from zppo_jax.data.records import DataError, Question, as_object, parse_row
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHOICE_INSTRUCTION = ("Answer with the letter of the correct option, and put the letter "
+                      "within \\boxed{}.")
+LETTERS = "ABCDEFGHIJKLMNOP"
+DEFAULT_LIMIT = 64  # synthetic sets only; file and TFDS sets are read whole unless limited
+
+
+def _plain(value):
+  """A TFDS record (bytes, numpy arrays, nested dicts) as JSON-like Python values."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, np.ndarray):
+    return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value.item())
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def _field(row: dict, names: tuple[str, ...], where: str, *, required: bool = True):
+  for name in names:
+    if row.get(name) not in (None, ""):
+      return row[name]
+  if required:
+    raise DataError(f"{where}: missing field {' / '.join(map(repr, names))} (fields present: "
+                    f"{sorted(row)})")
+  return None
+
+
+def _multiple_choice(question: str, options: list[str]) -> str:
+  lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+  return f"{question}\n\n" + "\n".join(lines) + f"\n\n{CHOICE_INSTRUCTION}"
+
+
+def _letter(answer, options: list, where: str, labels: list[str] | None = None) -> str:
+  """The gold option as a letter, from an index (int), a letter, or one of `labels`."""
+  if labels is not None and str(answer) in labels:
+    index = labels.index(str(answer))
+  elif isinstance(answer, int) or (isinstance(answer, str) and answer.isdigit()):
+    index = int(answer)
+  elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
+    index = LETTERS.index(answer.strip().upper())
+  else:
+    raise DataError(f"{where}: answer {answer!r} is neither an option index nor a letter")
+  if not 0 <= index < len(options):
+    raise DataError(f"{where}: answer {answer!r} is outside the {len(options)} options")
+  return LETTERS[index]
+
+
+def zppo(row, where, index):
+  """Our own rows: `id`, `question`, `answer`, optional `choices`, `teacher_responses`."""
+  del index
+  return parse_row(row, where)
+
+
+def gsm8k(row, where, index):
+  """GSM8K: `question`; gold = the text after `####` in `answer`; id = row index."""
+  try:
+    answer = sources.ANSWER_FORMATS["after_hashes"](str(_field(row, ("answer",), where)))
+  except ValueError as e:
+    raise DataError(f"{where}: field 'answer': {e}") from None
+  return Question(id=str(index), question=f"{_field(row, ('question',), where)}\n"
+                  f"{MATH_INSTRUCTION}", answer=answer)
+
+
+def math500(row, where, index):
+  """MATH / MATH-500: `problem`; gold = `answer`, else the last \\boxed{} of `solution`;
+  id = `unique_id`."""
+  answer = _field(row, ("answer",), where, required=False)
+  if answer is None:
+    try:
+      answer = sources.ANSWER_FORMATS["boxed"](str(_field(row, ("solution",), where)))
+    except ValueError as e:
+      raise DataError(f"{where}: field 'solution': {e}") from None
+  return Question(id=str(row.get("unique_id", index)),
+                  question=f"{_field(row, ('problem',), where)}\n{MATH_INSTRUCTION}",
+                  answer=str(answer).strip())
+
+
+def aime(row, where, index):
+  """AIME (AI-MO and Maxwell-Jia layouts): `problem` / `Problem` / `question`; gold =
+  `answer` / `Answer` (an integer 0-999); id = `id` / `ID`."""
+  answer = str(_field(row, ("answer", "Answer"), where)).strip()
+  question = _field(row, ("problem", "Problem", "question"), where)
+  return Question(id=str(_field(row, ("id", "ID"), where, required=False) or index),
+                  question=f"{question}\n{MATH_INSTRUCTION}", answer=answer)
+
+
+def math_dataset(row, where, index):
+  """DeepMind mathematics_dataset (TFDS `math_dataset/*`): `question`; gold = `answer`."""
+  return Question(id=str(index), question=f"{_field(row, ('question',), where)}\n"
+                  f"{MATH_INSTRUCTION}", answer=str(_field(row, ("answer",), where)).strip())
+
+
+def mmlu(row, where, index):
+  """MMLU (cais/mmlu): `question`, `choices` (list of 4); gold = `answer`, the index of the
+  right choice (or its letter); id = `subject`/row index."""
+  options = [str(o) for o in _field(row, ("choices",), where)]
+  return Question(id=f"{row.get('subject', 'mmlu')}/{index}",
+                  question=_multiple_choice(_field(row, ("question",), where), options),
+                  answer=_letter(_field(row, ("answer",), where), options, where),
+                  choices=tuple(options))
+
+
+def mmlu_pro(row, where, index):
+  """MMLU-Pro (TIGER-Lab/MMLU-Pro): `question`, `options` (up to 10); gold = `answer` (a
+  letter) or `answer_index`; id = `question_id`."""
+  options = [str(o) for o in _field(row, ("options",), where)]
+  answer = _field(row, ("answer", "answer_index"), where)
+  return Question(id=str(row.get("question_id", index)),
+                  question=_multiple_choice(_field(row, ("question",), where), options),
+                  answer=_letter(answer, options, where), choices=tuple(options))
+
+
+def arc(row, where, index):
+  """AI2 ARC (TFDS `ai2_arc`): `question`, `choices` = {`text`: [...], `label`: [...]}; gold =
+  `answerKey` (one of the labels, letters or digits); id = `id`."""
+  choices = _field(row, ("choices",), where)
+  if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
+    raise DataError(f"{where}: field 'choices' must hold 'text' and 'label' lists")
+  options, labels = [str(t) for t in choices["text"]], [str(lab) for lab in choices["label"]]
+  return Question(id=str(row.get("id", index)),
+                  question=_multiple_choice(_field(row, ("question",), where), options),
+                  answer=_letter(_field(row, ("answerKey",), where), options, where, labels),
+                  choices=tuple(options))
+
+
+FORMATS: dict[str, Callable[[dict, str, int], Question]] = {
+    "zppo": zppo, "gsm8k": gsm8k, "math500": math500, "aime": aime,
+    "math_dataset": math_dataset, "mmlu": mmlu, "mmlu_pro": mmlu_pro, "arc": arc}
+# The format of TFDS datasets we know by name (others, e.g. huggingface:*, say `format=`).
+TFDS_FORMATS = {"gsm8k": "gsm8k", "math_dataset": "math_dataset", "ai2_arc": "arc"}
+
+
+class FormattedSource:
+  """A source of raw rows (JSONL, Parquet, TFDS) read in a benchmark format: usable by
+  `make_dataset` too, so training can read these formats (`data.format`)."""
+
+  def __init__(self, source, fmt: str):
+    if fmt not in FORMATS:
+      raise ValueError(f"unknown benchmark format {fmt!r}; formats: {sorted(FORMATS)}")
+    self.source, self.format = source, FORMATS[fmt]
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    raw, where = self.source[int(index)]
+    if isinstance(raw, tuple):  # TfdsSource rows are (index, record)
+      raw = raw[1]
+    return (int(index), raw), where
+
+  def parse(self, item, where: str) -> Question:
+    index, raw = item
+    return self.format(_plain(as_object(raw, where)), where, index)
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  name: str
+  source: str
+  format: str = ""
+  split: str = "test"
+  limit: int = 0          # 0: all rows (synthetic sets: DEFAULT_LIMIT)
+  data_dir: str = ""
+  seed: int = 0
+
+
+def parse_spec(spec: str) -> Benchmark:
+  """`name=source;key=value;...` (see the module docstring)."""
+  head, *options = [part.strip() for part in spec.split(";")]
+  name, eq, source = head.partition("=")
+  if not eq or not name.strip() or not source.strip():
+    raise ValueError(f"benchmark spec {spec!r} must start with name=source")
+  fields = {"name": name.strip(), "source": source.strip()}
+  for option in filter(None, options):
+    key, eq, value = option.partition("=")
+    key = key.strip()
+    if not eq or key not in ("format", "split", "limit", "data_dir", "seed"):
+      raise ValueError(f"benchmark spec {spec!r}: option {option!r} is not one of format=, "
+                       "split=, limit=, data_dir=, seed=")
+    try:
+      fields[key] = int(value) if key in ("limit", "seed") else value.strip()
+    except ValueError:
+      raise ValueError(f"benchmark spec {spec!r}: {key} must be an integer, got {value!r}") \
+          from None
+  if fields.get("format") and fields["format"] not in FORMATS:
+    raise ValueError(f"benchmark spec {spec!r}: unknown format {fields['format']!r}; formats: "
+                     f"{sorted(FORMATS)}")
+  return Benchmark(**fields)
+
+
+def _unique(rows, limit: int) -> list[Question]:
+  """The first `limit` rows with distinct question texts."""
+  out, seen = [], set()
+  for row in rows:
+    if row["question"] not in seen:
+      seen.add(row["question"])
+      out.append(parse_row(row, row["id"]))
+      if len(out) == limit:
+        break
+  return out
+
+
+def load(bench: Benchmark, *, level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_dir: str = ""
+         ) -> list[Question]:
+  """The questions of a benchmark, in file order (first `limit`)."""
+  limit = bench.limit
+  if bench.source.startswith("synthetic:"):
+    kind = bench.source[len("synthetic:"):]
+    limit = limit or DEFAULT_LIMIT
+    if kind == "heldout":
+      rows = synthetic.ArithmeticSource(100 * limit, seed=bench.seed, split="heldout",
+                                        level_weights=tuple(level_weights))
+    elif kind == "transfer":
+      rows = synthetic.TransferSource(100 * limit, seed=bench.seed)
+    else:
+      raise ValueError(f"benchmark {bench.name}: unknown synthetic set {kind!r} (heldout, "
+                       "transfer)")
+    return _unique((rows.row(i) for i in range(len(rows))), limit)
+  if bench.source.startswith("tfds:"):
+    name = bench.source[len("tfds:"):]
+    fmt = bench.format or TFDS_FORMATS.get(name.split("/")[0])
+    if not fmt:
+      raise ValueError(f"benchmark {bench.name}: say which row format TFDS {name!r} is in "
+                       f"(;format=, one of {sorted(FORMATS)})")
+    source = sources.TfdsSource(name, bench.split, bench.data_dir or tfds_data_dir or None,
+                                raw=True)
+  else:
+    fmt = bench.format or "zppo"
+    source = sources.open_source(bench.source)
+  formatted = FormattedSource(source, fmt)
+  count = min(limit, len(formatted)) if limit else len(formatted)
+  return [formatted.parse(*formatted[i]) for i in range(count)]
+
