@@ -12,7 +12,8 @@ r"""Cloud TPU VMs from a workstation: create, set up, run on every worker, logs,
 Every command is printed before it runs; `--dry-run` only prints. `run` starts the same
 trainer command on all workers (`--worker=all`); on a TPU VM `jax.distributed` finds its
 peers by itself. Checkpoints must be where every worker reads and writes (a gs:// bucket);
-metrics and the exported model are written by worker 0 under --workdir. `--queued` creates a
+metrics and the exported model are written by worker 0 under --workdir. `run --module
+compare` (or evaluate) starts `python -m zppo_jax.compare` instead, the same way. `--queued` creates a
 queued resource (waits for capacity) instead of a VM directly; `--spot` makes it
 preemptible: preemption sends SIGTERM, the run checkpoints, and `run` again resumes.
 """
@@ -81,7 +82,7 @@ def commands(args) -> list[list[str]]:
     if not args.train_args:
       raise SystemExit("run: give the trainer's arguments after --, e.g. -- --config "
                        "configs/zppo.py --workdir /tmp/zppo")
-    train = "~/venv/bin/python -m zppo_jax.train " + shlex.join(args.train_args)
+    train = f"~/venv/bin/python -m zppo_jax.{args.module} " + shlex.join(args.train_args)
     # setsid + nohup: the trainer outlives the ssh session; all workers log locally.
     return [_ssh(args, f"cd {REMOTE_DIR} && setsid nohup {train} > {REMOTE_LOG} 2>&1 "
                        f"< /dev/null &")]
@@ -111,6 +112,9 @@ def parse(argv=None):
   p.add_argument("--git", default="", help="setup: clone this URL instead of copying HEAD")
   p.add_argument("--jax", default="jax[tpu]", help="setup: the jax requirement to install")
   p.add_argument("--worker", default="0", help="logs: which worker's log")
+  p.add_argument("--module", default="train", choices=("train", "evaluate", "compare"),
+                 help="run: python -m zppo_jax.<module> (compare: every method x seed in turn; "
+                      "its --workdir must be shared by all workers)")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
   own, train_args = split_args(argv)
   args = p.parse_args(own)

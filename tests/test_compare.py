@@ -24,7 +24,23 @@ def test_run_specs_and_directory_names():
   with pytest.raises(ValueError, match="is not Label=configs/file.py"):
     compare.parse_runs("configs/tiny.py")
   assert compare.slug("GRPO† + teacher response") == "grpo_dagger_teacher_response"
-  assert len({compare.slug(label) for label, _ in compare.TINY_RUNS}) == len(compare.TINY_RUNS)
+  tiny = compare.paper_runs()
+  assert len({compare.slug(label) for label, _ in tiny}) == len(tiny) == 6
+  assert tiny[0] == ("Off-policy distill†", "configs/tiny.py:method=off_policy_distill,buffer")
+  real = dict(compare.paper_runs("size=0.8b,mesh=tpu_v5p"))
+  assert real["ZPPO"] == "configs/zppo.py:size=0.8b,mesh=tpu_v5p"
+  assert real["On-policy distill†"] == "configs/on_policy_distill.py:size=0.8b,mesh=tpu_v5p,buffer"
+  # every preset is a loadable config with the method it claims
+  from zppo_jax import run_config
+  for label, spec in list(tiny) + list(real.items()):
+    path, _, arg = spec.partition(":")
+    config = run_config.config_module(path.removeprefix("configs/")).get_config(arg)
+    assert config.buffer.enabled == (label != "GRPO"), label
+  assert parse_roundtrip(real) == real
+
+
+def parse_roundtrip(runs):
+  return dict(compare.parse_runs(",".join(f"{label}={spec}" for label, spec in runs.items())))
 
 
 def test_reduced_comparison_writes_every_table_and_figure(tmp_path):

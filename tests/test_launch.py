@@ -54,13 +54,16 @@ def test_tpu_create_setup_run_logs_stop_delete():
   assert shlex.split(started) == train
   assert remote.startswith("cd ~/zppo_jax && setsid nohup ~/venv/bin/python -m zppo_jax.train")
 
+  [compare] = _dry("tpu.py", "run", *TPU, "--module", "compare", "--", "--workdir", "/mnt/c")
+  assert "python -m zppo_jax.compare --workdir /mnt/c > " in compare[-1]
+
   [logs] = _dry("tpu.py", "logs", *TPU, "--worker", "3")
   assert "--worker=3" in logs and logs[-1].startswith("--command=tail")
   [stop] = _dry("tpu.py", "stop", *TPU)
   assert stop[-1] == "--command=pkill -TERM -f zppo_jax.train || true"  # graceful: checkpoint
   [delete] = _dry("tpu.py", "delete", *TPU, "--queued")
   assert delete[3:6] == ["queued-resources", "delete", "zppo"] and "--quiet" in delete
-  for cmd in (install, run, logs, stop):  # what the workers' shells run parses as bash
+  for cmd in (install, run, compare, logs, stop):  # what the workers' shells run parses as bash
     remote = cmd[-1].removeprefix("--command=")
     assert subprocess.run(["bash", "-n", "-c", remote]).returncode == 0, remote
 

@@ -2,8 +2,10 @@ r"""The paper's comparison on one setup: method configs x seeds, then a table an
 
     python -m zppo_jax.compare --workdir results/tiny --seeds 0,1,2 [--steps 30] \
         [--runs "ZPPO=configs/tiny.py,GRPO=configs/tiny.py:method=grpo"] [--set eval.k=8]
+    python -m zppo_jax.compare --workdir /data/cmp --options size=0.8b,mesh=tpu_v5p --steps 200
 
-Each run is `python -m zppo_jax.train` in its own process (a killed comparison resumes:
+Without `--runs` these are the paper's six methods (`paper_runs`), on the tiny setup or at
+the scale `--options` names. Each run is `python -m zppo_jax.train` in its own process (a killed comparison resumes:
 finished runs are skipped, unfinished ones resume from their checkpoints), with held-out
 evaluation every `eval.every` steps; the starting student is evaluated once per seed with
 `zppo_jax.evaluate`. Then, in the workdir:
@@ -30,15 +32,29 @@ from typing import Sequence
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The paper's methods on the tiny setup († = with the replay buffer), in its table's order.
-TINY_RUNS = (
-    ("Off-policy distill†", "configs/tiny.py:method=off_policy_distill,buffer"),
-    ("On-policy distill†", "configs/tiny.py:method=on_policy_distill,buffer"),
-    ("GRPO", "configs/tiny.py:method=grpo"),
-    ("GRPO†", "configs/tiny.py:method=grpo_buffer"),
-    ("GRPO† + teacher response", "configs/tiny.py:method=grpo_teacher_response"),
-    ("ZPPO", "configs/tiny.py"),
+# The paper's methods († = with the replay buffer), in its table's order: (label, method, arg).
+PAPER = (
+    ("Off-policy distill†", "off_policy_distill", "buffer"),
+    ("On-policy distill†", "on_policy_distill", "buffer"),
+    ("GRPO", "grpo", ""),
+    ("GRPO†", "grpo_buffer", ""),
+    ("GRPO† + teacher response", "grpo_teacher_response", ""),
+    ("ZPPO", "zppo", ""),
 )
+
+
+def paper_runs(options: str = "") -> list[tuple[str, str]]:
+  """The paper's six methods: on the tiny setup (configs/tiny.py:method=...), or, with
+  `options` ("size=0.8b,mesh=tpu_v5p,root=/checkpoints"), each method's config at that scale."""
+  out = []
+  for label, method, arg in PAPER:
+    if options:
+      out.append((label, f"configs/{method}.py:" + ",".join(filter(None, [options, arg]))))
+    else:
+      out.append((label, "configs/tiny.py:" + ",".join(filter(None, [f"method={method}", arg]))))
+  return out
+
+
 STUDENT = "Student (start)"
 BUCKETS = ("0/8", "1/8", "2/8", "3/8")
 FIGURE_SIZE = (10.0, 7.0)   # inches; at FIGURE_DPI every figure is 1000 x 700 pixels
@@ -268,9 +284,13 @@ def _save(plt, fig, path: str):
 
 
 def _series(seeds: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
-  """(steps, [seeds, steps]) of one metric; steps where every seed logged it."""
-  per_seed = [{line["step"]: line[key] for line in run["metrics"]
-               if line.get(key) is not None} for run in seeds.values()]
+  """(steps, [seeds, steps]) of one metric; steps where every seed logged it. A bucket's
+  cumulative count is logged from its first entry on: before that it is 0."""
+  zero = key.startswith(("buffer/admitted_total/", "buffer/graduated_total/"))
+  per_seed = [{line["step"]: line.get(key) or 0 if zero else line[key]
+               for line in run["metrics"]
+               if (zero and "reward/mean" in line) or line.get(key) is not None}
+              for run in seeds.values()]
   steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
   return np.asarray(steps), np.asarray([[p[s] for s in steps] for p in per_seed], np.float64)
 
@@ -423,7 +443,7 @@ def main(argv):
   from absl import flags
   del argv
   f = flags.FLAGS
-  runs = parse_runs(f.runs) if f.runs else list(TINY_RUNS)
+  runs = parse_runs(f.runs) if f.runs else paper_runs(f.options)
   seeds = [int(s) for s in f.seeds.split(",") if s.strip()]
   command = "python -m zppo_jax.compare " + " ".join(sys.argv[1:])
   if not f.report_only:
@@ -437,6 +457,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Runs, table and figures go here.")
   flags.DEFINE_string("runs", "", "Label=configs/file.py[:arg],... (default: the paper's six "
                       "methods on the tiny setup)")
+  flags.DEFINE_string("options", "", "Without --runs: the paper's six methods at this scale, "
+                      "e.g. size=0.8b,mesh=tpu_v5p,root=/checkpoints (default: the tiny setup)")
   flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
   flags.DEFINE_integer("steps", 30, "Training steps of every run.")
   flags.DEFINE_multi_string("set", [], "A config override for every run, e.g. eval.k=8.")
