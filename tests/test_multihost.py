@@ -23,7 +23,8 @@ OVERRIDES = [f"--config.total_steps={STEPS}", "--config.checkpoint.every=1",
              "--config.log.progress=False", "--config.log.tensorboard=False",
              "--config.rollout.max_new_tokens=64", "--config.teacher.max_new_tokens=64",
              "--config.questions_per_step=2", "--config.buffer.replay_per_step=2",
-             "--config.mesh.shape=(4,1,1)"]
+             "--config.mesh.shape=(4,1,1)", "--config.eval.every=2", "--config.eval.k=2",
+             "--config.eval.benchmarks=('heldout=synthetic:heldout;limit=4',)"]
 # Global devices are 4 either way, so both runs use the same (4, 1, 1) mesh and programs.
 DEVICES = 4
 # Rollouts, rewards, buffer events and every count must be identical; float train metrics
@@ -161,7 +162,8 @@ def test_two_processes_match_one_and_survive_sigterm_and_kill(one_process, tmp_p
   want_dir, want_print = one_process
   workdir = str(tmp_path)
 
-  # Checkpoint k holds the state after k steps; metrics lines are numbered from step 0.
+  # Checkpoint k holds the state after k steps; metrics lines are numbered from step 0, and the
+  # held-out evaluation after the last step has a line of its own (step STEPS).
   run = _start(workdir, 2)                        # 1. SIGTERM to process 1 only
   _when(lambda: 1 in _checkpoints(workdir), run)
   run[1][0].send_signal(signal.SIGTERM)
@@ -183,7 +185,8 @@ def test_two_processes_match_one_and_survive_sigterm_and_kill(one_process, tmp_p
   assert prints[0] == prints[1] == want_print     # the same replay buffer on every host
 
   got, want = _metrics(workdir), _metrics(want_dir)
-  assert [m["step"] for m in got] == list(range(STEPS))
+  assert [m["step"] for m in got] == list(range(STEPS + 1))
+  assert all("eval/heldout/avg@2" in got[step] for step in (0, 2, STEPS))
   for g, w in zip(got, want):
     assert g.keys() == w.keys()
     for key in w:

@@ -34,7 +34,7 @@ VOCAB_SIZE = 512  # an upper bound: the corpus yields fewer merges
 def corpus(num_questions: int = 3000, seed: int = 0):
   """Training text: each synthetic question as a chat with its worked solution, and BCQ/NCQ
   prompts that pair the solution with a wrong one."""
-  source = ArithmeticSource(num_questions, seed=seed)
+  source = ArithmeticSource(num_questions, seed=seed, split="all")  # one vocabulary for all splits
   rng = np.random.default_rng(seed)
   for i in range(num_questions):
     row = source.row(i)
