@@ -1,4 +1,4 @@
-"""The comparison runner on a reduced run: two methods, one seed, two steps; every table and
+"""The comparison runner on a reduced run: two methods, one seed, one step; every table and
 figure file is written, figures are non-empty images of the stated size, and a rerun skips
 the finished runs."""
 
@@ -47,7 +47,7 @@ def test_reduced_comparison_writes_every_table_and_figure(tmp_path):
   workdir = tmp_path / "cmp"
   command = [sys.executable, "-m", "zppo_jax.compare", f"--workdir={workdir}",
              "--runs=ZPPO=configs/tiny.py,GRPO†=configs/tiny.py:method=grpo_buffer",
-             "--seeds=0", "--steps=2", "--set=eval.every=1", "--set=eval.k=2",
+             "--seeds=0", "--steps=1", "--set=eval.every=1", "--set=eval.k=2",
              "--set=eval.benchmarks=('heldout=synthetic:heldout;limit=6',"
              "'transfer=synthetic:transfer;limit=4')"]
   env = {**os.environ, "PYTHONPATH": REPO}
