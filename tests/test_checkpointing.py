@@ -55,3 +55,24 @@ def test_empty_directory_restores_nothing(tmp_path):
                                                                 _state(mesh, 0)))
   assert ckpt.restore_latest(target) is None
   ckpt.close()
+
+
+def test_params_alone_are_restored_into_their_shardings(tmp_path):
+  """What evaluation reads: the params of the newest checkpoint, placed as asked (here on a
+  different layout than they were saved in), without the optimizer state."""
+  mesh = sharding.make_mesh((1, 4, 1), devices=jax.devices()[:4])
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every=1, keep=2, async_save=False)
+  for step in (1, 2):
+    params = {"w": jnp.arange(24, dtype=jnp.float32).reshape(8, 3) * step}
+    ckpt.save(step, {"params": params, "opt_state": {"mu": params["w"] + 100}, "step": step},
+              {"step": step})
+  along = NamedSharding(mesh, PartitionSpec(None, None))
+  target = {"w": jax.ShapeDtypeStruct((8, 3), jnp.float32, sharding=along)}
+  step, params = ckpt.restore_latest_params(target)
+  assert step == 2 and set(params) == {"w"}
+  np.testing.assert_array_equal(params["w"], np.arange(24).reshape(8, 3) * 2.0)
+  assert params["w"].sharding == along
+  ckpt.close()
+  empty = checkpointing.Checkpointer(str(tmp_path / "none"), every=1, keep=1)
+  assert empty.restore_latest_params(target) is None
+  empty.close()

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from zppo_jax import checkpointing, rollouts
-from zppo_jax import train_step as ts
 from zppo_jax.data import benchmarks
 from zppo_jax.data.records import Question
 from zppo_jax.models import qwen3_5
@@ -192,20 +191,17 @@ def load_policy(config, checkpoint: str, mesh):
                                         source="config.student.architecture")
   else:
     model_config = qwen3_5.load_config(config.student.path)
-  optimizer = ts.make_optimizer(config.train.optimizer)
-  shardings = ts.state_shardings(model_config, optimizer, mesh, param_dtype=dtype)
-  shapes = jax.eval_shape(lambda: ts.init_state(
-      qwen3_5.init_params(model_config, jax.random.key(0), dtype), optimizer, 0))
+  shapes = jax.eval_shape(lambda: qwen3_5.init_params(model_config, jax.random.key(0), dtype))
+  abstract = checkpointing.abstract(shapes, qwen3_5.param_shardings(model_config, mesh))
   checkpointer = checkpointing.Checkpointer(directory, every=1, keep=1 << 30, async_save=False)
   try:
-    found = checkpointer.restore_latest(checkpointing.abstract(shapes, shardings))
+    found = checkpointer.restore_latest_params(abstract)
   finally:
     checkpointer.close()
   if found is None:
     raise FileNotFoundError(f"--checkpoint {checkpoint}: neither a Hugging Face checkpoint "
                             f"(config.json) nor a directory with orbax checkpoints")
-  step, state, _ = found
-  return model_config, state.params, tokenizer_dir
+  return model_config, found[1], tokenizer_dir
 
 
 def main(argv):
