@@ -41,38 +41,9 @@ class Checkpointer:
     `abstract_state` is a pytree of jax.ShapeDtypeStruct with shardings: arrays are read
     directly into them.
     """
-    found = self._newest(self.manager, lambda: ocp.args.Composite(
+    found = _newest(self.manager, lambda: ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
     return found and (found[0], found[1].state, found[1].host)
-
-  def restore_latest_params(self, abstract_params):
-    """(step, params) of the newest readable checkpoint, or None: only the params are read,
-    not the optimizer state (two thirds of the train state's bytes with AdamW), so evaluating
-    a run needs no more memory than its model."""
-    item = {"params": abstract_params}
-    args = lambda: ocp.args.Composite(state=ocp.args.PyTreeRestore(  # noqa: E731
-        item=item, partial_restore=True,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
-    # a manager of its own: one that saved binds "state" to the handler it saved with
-    reader = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False, save_interval_steps=0))
-    try:
-      found = self._newest(reader, args)
-    finally:
-      reader.close()
-    return found and (found[0], found[1].state["params"])
-
-  def _newest(self, manager, args):
-    """(step, restored) of the newest step that `args()` restores, skipping unreadable ones."""
-    steps = sorted(manager.all_steps(), reverse=True)
-    for i, step in enumerate(steps):
-      try:
-        return step, manager.restore(step, args=args())
-      except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
-        after = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
-        logging.warning("checkpoint %s/%d is unreadable (%s: %s); %s", self.directory, step,
-                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", after)
-    return None
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -85,3 +56,33 @@ def abstract(tree, shardings):
   """ShapeDtypeStructs of `tree` (arrays or shapes) placed by `shardings` (same structure)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
+
+
+def restore_latest_params(directory: str, abstract_params):
+  """(step, params) of the newest readable checkpoint in `directory`, or None: only the
+  params are read, not the optimizer state (two thirds of the train state's bytes with
+  AdamW), so evaluating a run needs no more memory than its model."""
+  item = {"params": abstract_params}
+  manager = ocp.CheckpointManager(
+      directory if "://" in directory else os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+  try:
+    found = _newest(manager, lambda: ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
+  finally:
+    manager.close()
+  return found and (found[0], found[1].state["params"])
+
+
+def _newest(manager, args):
+  """(step, restored) of the newest step that `args()` restores, skipping unreadable ones."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      return step, manager.restore(step, args=args())
+    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+      after = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
+      logging.warning("checkpoint %s/%d is unreadable (%s: %s); %s", manager.directory, step,
+                      type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", after)
+  return None

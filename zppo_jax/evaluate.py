@@ -193,11 +193,7 @@ def load_policy(config, checkpoint: str, mesh):
     model_config = qwen3_5.load_config(config.student.path)
   shapes = jax.eval_shape(lambda: qwen3_5.init_params(model_config, jax.random.key(0), dtype))
   abstract = checkpointing.abstract(shapes, qwen3_5.param_shardings(model_config, mesh))
-  checkpointer = checkpointing.Checkpointer(directory, every=1, keep=1 << 30, async_save=False)
-  try:
-    found = checkpointer.restore_latest_params(abstract)
-  finally:
-    checkpointer.close()
+  found = checkpointing.restore_latest_params(directory, abstract)
   if found is None:
     raise FileNotFoundError(f"--checkpoint {checkpoint}: neither a Hugging Face checkpoint "
                             f"(config.json) nor a directory with orbax checkpoints")
