@@ -88,6 +88,9 @@ def test_multi_shard_checkpoint_loads(hf_text, tmp_path):
   config, params = qwen3_5.load_hf_checkpoint(str(sharded))
   _, ref_params = qwen3_5.load_hf_checkpoint(path)
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+  # the abstract params (what restoring and the memory tool size) are those transformers wrote
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), qwen3_5.param_shapes(config)) == \
+      jax.tree.map(lambda x: (x.shape, x.dtype), params)
 
 
 def test_load_onto_mesh_places_shards(hf_text):

@@ -23,8 +23,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
     if every < 1 or keep < 1:
       raise ValueError(f"checkpoint.every and checkpoint.keep must be >= 1, got {every}, {keep}")
-    # a local path, or a URL orbax writes to directly (gs://bucket/run: shared by all hosts)
-    self.directory = directory if "://" in directory else os.path.abspath(directory)
+    self.directory = _location(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every,
@@ -43,7 +42,10 @@ class Checkpointer:
     """
     found = _newest(self.manager, lambda: ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
-    return found and (found[0], found[1].state, found[1].host)
+    if found is None:
+      return None
+    step, restored = found
+    return step, restored.state, restored.host
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -64,15 +66,23 @@ def restore_latest_params(directory: str, abstract_params):
   AdamW), so evaluating a run needs no more memory than its model."""
   item = {"params": abstract_params}
   manager = ocp.CheckpointManager(
-      directory if "://" in directory else os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+      _location(directory), options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
   try:
     found = _newest(manager, lambda: ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, partial_restore=True,
         restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
   finally:
     manager.close()
-  return found and (found[0], found[1].state["params"])
+  if found is None:
+    return None
+  step, restored = found
+  return step, restored.state["params"]
+
+
+def _location(directory: str) -> str:
+  """A local path made absolute, or a URL orbax writes to directly (gs://bucket/run: shared
+  by all hosts)."""
+  return directory if "://" in directory else os.path.abspath(directory)
 
 
 def _newest(manager, args):

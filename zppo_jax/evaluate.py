@@ -191,8 +191,8 @@ def load_policy(config, checkpoint: str, mesh):
                                         source="config.student.architecture")
   else:
     model_config = qwen3_5.load_config(config.student.path)
-  shapes = jax.eval_shape(lambda: qwen3_5.init_params(model_config, jax.random.key(0), dtype))
-  abstract = checkpointing.abstract(shapes, qwen3_5.param_shardings(model_config, mesh))
+  abstract = checkpointing.abstract(qwen3_5.param_shapes(model_config, dtype),
+                                    qwen3_5.param_shardings(model_config, mesh))
   found = checkpointing.restore_latest_params(directory, abstract)
   if found is None:
     raise FileNotFoundError(f"--checkpoint {checkpoint}: neither a Hugging Face checkpoint "

@@ -48,8 +48,8 @@ def model_config(path: str, size: str | None, what: str) -> qwen3_5.Qwen3_5Confi
 
 
 def _params(mcfg, dtype, mesh):
-  shapes = jax.eval_shape(lambda: qwen3_5.init_params(mcfg, jax.random.key(0), dtype))
-  return sharding.bytes_per_device(shapes, qwen3_5.param_shardings(mcfg, mesh))
+  return sharding.bytes_per_device(qwen3_5.param_shapes(mcfg, dtype),
+                                   qwen3_5.param_shardings(mcfg, mesh))
 
 
 def _cache(mcfg, mesh, prompts: int, prompt_len: int, new: int, samples: int) -> int:
@@ -65,7 +65,7 @@ def estimate(config, devices: int, student_size: str | None = None,
   compute = jnp.dtype(config.train.compute_dtype)
   optimizer = ts.make_optimizer(config.train.optimizer)
   state = ts.state_shardings(student, optimizer, mesh, param_dtype=param_dtype)
-  params = jax.eval_shape(lambda: qwen3_5.init_params(student, jax.random.key(0), param_dtype))
+  params = qwen3_5.param_shapes(student, param_dtype)
   master = sharding.bytes_per_device(params, state.params)
   out = {"student params": master, "gradients": master,  # gradients: like the params
          "optimizer state": sharding.bytes_per_device(jax.eval_shape(optimizer.init, params),

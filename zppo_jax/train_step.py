@@ -93,8 +93,7 @@ def state_shardings(model_config, optimizer, mesh, rules=sharding.DEFAULT_RULES,
   """NamedShardings of the whole state: params by their logical axes, optimizer moments like
   the params they belong to, counters and the key replicated."""
   param_sharding = qwen3_5.param_shardings(model_config, mesh, rules)
-  shapes = jax.eval_shape(lambda: qwen3_5.init_params(model_config, jax.random.key(0),
-                                                      param_dtype))
+  shapes = qwen3_5.param_shapes(model_config, param_dtype)
   replicated = NamedSharding(mesh, PartitionSpec())
   opt_sharding = optax.tree_map_params(
       optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, shapes), param_sharding,

@@ -14,4 +14,5 @@ from zppo_jax.models.qwen3_5.model import (CACHE_LOGICAL_AXES, REMAT_POLICIES, C
 from zppo_jax.models.qwen3_5.params import count as param_count
 from zppo_jax.models.qwen3_5.params import init as init_params
 from zppo_jax.models.qwen3_5.params import logical_axes, param_specs
+from zppo_jax.models.qwen3_5.params import shapes as param_shapes
 from zppo_jax.models.qwen3_5.params import shardings as param_shardings

@@ -135,6 +135,13 @@ def shardings(config: Qwen3_5Config, mesh, rules=sharding_lib.DEFAULT_RULES) -> 
       for s in param_specs(config)})
 
 
+def shapes(config: Qwen3_5Config, dtype=jnp.float32) -> dict:
+  """Pytree like params of their jax.ShapeDtypeStruct: what restoring or sizing needs,
+  without initialising anything."""
+  return traverse_util.unflatten_dict({s.path: jax.ShapeDtypeStruct(s.stacked_shape(config), dtype)
+                                       for s in param_specs(config)})
+
+
 def count(config: Qwen3_5Config) -> int:
   """Number of text-model parameters (embeddings counted once when tied)."""
   return sum(math.prod(s.stacked_shape(config)) for s in param_specs(config))
