@@ -60,7 +60,7 @@ def test_host_slices_partition_the_items():
       parts = [list(range(n))[multihost.host_slice(n, i, count)] for i in range(count)]
       assert sum(parts, []) == list(range(n))
       assert max(map(len, parts)) - min(map(len, parts)) <= 1
-  assert multihost.map_shared(lambda x: x * x, [1, 2, 3]) == [1, 4, 9]
+  assert multihost.map_shared(lambda xs: [x * x for x in xs], [1, 2, 3]) == [1, 4, 9]
   assert multihost.allgather({"a": [1]}) == [{"a": [1]}]
 
 

@@ -96,10 +96,10 @@ def host_slice(n: int, index: int | None = None, count: int | None = None) -> sl
   return slice(start, start + per + (index < extra))
 
 
-def map_shared(fn: Callable[[Any], Any], items: Sequence) -> list:
-  """[fn(x) for x in items], each host computing its `host_slice` (results JSON-able), the
-  whole list on every host: the hosts split work whose inputs they all hold."""
-  mine = [fn(x) for x in items[host_slice(len(items))]]
+def map_shared(fn: Callable[[Sequence], Sequence], items: Sequence) -> list:
+  """fn(items) with each host computing fn of its `host_slice` (one result per item,
+  JSON-able), the whole list on every host: the hosts split work whose inputs they all hold."""
+  mine = list(fn(items[host_slice(len(items))]))
   return [y for part in allgather(mine) for y in part]
 
 

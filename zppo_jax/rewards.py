@@ -1,51 +1,87 @@
-r"""Verifiable rewards: the last `\boxed{...}` answer of a response against the gold answer.
+r"""Verifiable rewards: the final `\boxed{}` answer of a response against the gold answer.
 
-Model output is never evaluated as code. A response is graded in steps, cheapest first: its
-answer region (after the last `</think>`; a response still inside `<think>` gets nothing),
-the last complete `\boxed{}` there, then equality after normalisation, multiple-choice
-letters, exact numbers (integers, decimals, fractions, percentages, thousands separators),
-and last symbolic equivalence through `math-verify` (sympy), skipped for long answers and cut
-off after `timeout_s` seconds.
+A response is graded in steps, cheapest first: its answer region (after the last `</think>`;
+a response still inside `<think>` gets nothing), the final answer there (the last complete
+`\boxed{}`, or the last run of boxes written as one list: `\boxed{1}, \boxed{2}`), then
+`answers.match` under the run's conventions. Those steps take time linear in the response.
+The pairs that only sympy can decide go to worker processes, each pair killed after
+`timeout_s` (it is then graded wrong), so no input stalls a run. Equal pairs are graded
+once per batch, and symbolic verdicts are remembered across batches.
 """
 
 from __future__ import annotations
 
-import fractions
+import collections
+import dataclasses
+import os
 import re
 import threading
+from typing import Sequence
+
+import numpy as np
+
+from zppo_jax import answers, timeboxed
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-# Longer answers skip the symbolic check (sympy's cost grows fast with expression size).
-MAX_SYMBOLIC_CHARS = 200
 
 _BOXED_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed (?P<bare>[^\s$]+)|\\[{}]|[{}]")
+# What may stand between two boxes of one list answer: `\boxed{1}, \boxed{2} and \boxed{3}`.
+_BETWEEN_BOXES = re.compile(r"(?:\s|[,;$]|\\[,;:! ]|\\q?quad|and|or|\\text\{\s*(?:and|or)?\s*\})*")
+MAX_BETWEEN_BOXES = 40
 
 
-def extract_boxed(text: str) -> str | None:
-  r"""Content of the last complete `\boxed{...}` (or `\fbox{}`, or `\boxed 5`) in `text`;
-  nested and escaped braces are allowed. None when there is none. One pass, linear time."""
-  best_start, best = -1, None
-  open_boxes: list[tuple[int, int]] = []  # (content start, depth inside the box)
+def boxes(text: str) -> list[tuple[int, int, str]]:
+  r"""(start, end, content) of each complete `\boxed{...}` (or `\fbox{}`, or `\boxed 5`) in
+  `text` holding no other box, in order; nested and escaped braces are allowed. One pass,
+  linear time, whatever the nesting."""
+  found = []
+  open_boxes: list[list] = []  # [box start, content start, depth inside, holds a box]
   depth = 0
   for m in _BOXED_TOKENS.finditer(text):
     token = m.group(0)
     if m.group("bare") is not None:
-      if m.start() > best_start:
-        best_start, best = m.start(), m.group("bare")
+      found.append((m.start(), m.end(), m.group("bare")))
+      if open_boxes:
+        open_boxes[-1][3] = True
     elif token.endswith("{") and token.startswith("\\") and len(token) > 2:
       depth += 1
-      open_boxes.append((m.end(), depth))
+      open_boxes.append([m.start(), m.end(), depth, False])
     elif token == "{":
       depth += 1
     elif token == "}":
-      if open_boxes and open_boxes[-1][1] == depth:
-        start, _ = open_boxes.pop()
-        if start > best_start:
-          best_start, best = start, text[start:m.start()]
+      if open_boxes and open_boxes[-1][2] == depth:
+        start, content_start, _, holds_box = open_boxes.pop()
+        if not holds_box:
+          found.append((start, m.end(), text[content_start:m.start()].strip()))
+        if open_boxes:
+          open_boxes[-1][3] = True
       depth -= 1
       if depth < 0:  # an unmatched close brace: forget everything open before it
         depth, open_boxes = 0, []
-  return None if best is None else best.strip()
+  return sorted(found)
+
+
+def extract_boxed(text: str) -> str | None:
+  r"""Content of the last complete `\boxed{...}` in `text`, or None."""
+  found = boxes(text)
+  return found[-1][2] if found else None
+
+
+def final_answer(region: str, join_boxes: bool = True) -> str | None:
+  r"""The answer a response gives: its last box, or with `join_boxes` the last run of boxes
+  separated only by commas, "and"/"or" and spacing, joined as a list (`1, 2`); repeated
+  identical boxes count once. None when there is no complete box."""
+  found = boxes(region)
+  if not found:
+    return None
+  run = [found[-1]]
+  for prev in reversed(found[:-1] if join_boxes else []):
+    between = region[prev[1]:run[0][0]]
+    if len(between) > MAX_BETWEEN_BOXES or not _BETWEEN_BOXES.fullmatch(between):
+      break
+    run.insert(0, prev)
+  contents = [c for _, _, c in run]
+  return contents[0] if len(set(contents)) == 1 else ", ".join(contents)
 
 
 def answer_region(response: str) -> str | None:
@@ -58,104 +94,100 @@ def answer_region(response: str) -> str | None:
   return response
 
 
-_TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DROP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", r"\$", "$",
-         r"\displaystyle", r"^\circ", r"^{\circ}", "°", r"\%", "%"]
-_UNIT_WORDS = re.compile(
-    r"(?<=[\d}])\s*(?:square|sq\.?|cubic)?\s*(?:units?|cm|mm|km|m|meters?|inches|inch|in|feet|ft|"
-    r"miles?|hours?|hrs?|minutes?|mins?|seconds?|secs?|degrees?|deg|dollars?|cents?|days?|"
-    r"weeks?|years?|kg|g|grams?|pounds?|lbs?|liters?|l|ml|mph|people|students|apples)\b\.?\s*$")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_CHOICE = re.compile(r"^\(?([A-J])\)?(?:$|[.):\s])")
-
-
-def normalize(answer: str) -> str:
-  r"""A canonical string for comparison: LaTeX spacing, `\text{}`, `\left/\right`, degree and
-  percent signs, units, `x =` prefixes and thousands separators removed; `\dfrac` -> `\frac`."""
-  s = answer.strip()
-  for _ in range(3):  # nested \text{\textbf{...}}
-    s = _TEXT_COMMANDS.sub(r"\1", s)
-  s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
-  for token in _DROP:
-    s = s.replace(token, "")
-  s = s.strip().rstrip(".").strip()
-  s = _UNIT_WORDS.sub("", s)
-  s = re.sub(r"^[a-zA-Z]\s*=\s*(?=[-\d\\(.])", "", s)  # "x = 5" -> "5"
-  if _THOUSANDS.match(s):
-    s = s.replace(",", "")
-  return re.sub(r"\s+", "", s)
-
-
-def _number(s: str) -> fractions.Fraction | None:
-  r"""An exact number from a normalised answer: 12, -3.50, 3/4, \frac{3}{4}, \frac34, -\frac{1}{2}."""
-  m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?)\\frac(\d)(\d)", s)
-  if m:
-    sign = m.group(1) or m.group(4)
-    num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(5), m.group(6))
-    if int(den) == 0:
-      return None
-    return fractions.Fraction(int(num), int(den)) * (-1 if sign else 1)
-  m = re.fullmatch(r"(-?\d+)/(\d+)", s)
-  if m:
-    return None if int(m.group(2)) == 0 else fractions.Fraction(int(m.group(1)), int(m.group(2)))
-  if re.fullmatch(r"-?(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?", s) and len(s) < 64:
-    return fractions.Fraction(s)
-  return None
-
-
-def _choice(s: str) -> str | None:
-  m = _CHOICE.match(s)
-  return m.group(1) if m else None
-
-
-def _symbolic_equal(gold: str, pred: str, timeout_s: int) -> bool:
-  """math-verify's equivalence (sympy), with its alarm-based time bound where signals work
-  (the main thread); elsewhere it is skipped, since it could not be stopped."""
-  if threading.current_thread() is not threading.main_thread():
-    return False
-  import math_verify  # imported lazily: sympy takes a second to load
-  try:
-    g = math_verify.parse(f"${gold}$", parsing_timeout=timeout_s)
-    p = math_verify.parse(f"${pred}$", parsing_timeout=timeout_s)
-    return bool(g and p and math_verify.verify(g, p, timeout_seconds=timeout_s))
-  except Exception:  # noqa: BLE001 - any failure of the parser is a wrong answer
-    return False
-
-
-def answers_match(pred: str, gold: str, *, timeout_s: int = 2) -> bool:
-  """Whether an extracted answer equals the gold answer (see the module docstring)."""
-  p, g = normalize(pred), normalize(gold)
-  if not p:
-    return False
-  if p == g or (p.lower() == g.lower() and not _choice(g)):  # choice letters keep case
-    return True
-  gold_choice = _choice(g) if len(g) <= 3 else None
-  if gold_choice is not None:
-    return _choice(p) == gold_choice
-  pn, gn = _number(p), _number(g)
-  if pn is not None and gn is not None:
-    return abs(pn - gn) <= 1e-6 * max(1, abs(gn))
-  if max(len(p), len(g)) > MAX_SYMBOLIC_CHARS:
-    return False
-  return _symbolic_equal(g, p, timeout_s)
-
-
-def is_correct(response: str, gold: str, *, timeout_s: int = 2) -> bool:
-  r"""Whether the response's final `\boxed{}` answer (after `</think>`) equals `gold`."""
-  region = answer_region(response)
-  if region is None:
-    return False
-  pred = extract_boxed(region)
-  return pred is not None and answers_match(pred, gold, timeout_s=timeout_s)
-
-
 def well_formed(response: str) -> bool:
   r"""The format the prompts ask for: reasoning closed by `</think>`, then a `\boxed{}`."""
   region = answer_region(response)
-  return THINK_CLOSE in response and region is not None and extract_boxed(region) is not None
+  return THINK_CLOSE in response and region is not None and bool(boxes(region))
 
 
-def reward(response: str, gold: str, *, format_weight: float = 0.0, timeout_s: int = 2) -> float:
-  """1 for a correct answer, else 0; plus `format_weight` when the response is well formed."""
-  score = float(is_correct(response, gold, timeout_s=timeout_s))
-  return score + (format_weight if format_weight and well_formed(response) else 0.0)
+# ------------------------------------------------------------------------------ grading
+
+@dataclasses.dataclass(frozen=True)
+class Grader:
+  """Grades batches of (response, gold answer); `from_config(config.reward)` in runs."""
+  conventions: answers.Conventions = answers.Conventions()
+  join_boxes: bool = True     # a run of boxes `\boxed{1}, \boxed{2}` is one list answer
+  format_weight: float = 0.0  # reward bonus for a well-formed response
+  timeout_s: float = 2.0      # symbolic check of one pair, then graded wrong
+  workers: int = 0            # symbolic-check processes; 0 = half the CPUs (1 to 8)
+
+  @classmethod
+  def from_config(cls, cfg) -> "Grader":
+    """From the `config.reward` slice; a bad field is named."""
+    cfg = dict(cfg.items())
+    fields = {f.name for f in dataclasses.fields(answers.Conventions)}
+    known = fields | {f.name for f in dataclasses.fields(cls)} - {"conventions"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+      raise ValueError(f"config.reward: unknown field(s) {unknown}; fields are {sorted(known)}")
+    checks = {"timeout_s": cfg.get("timeout_s", 1) > 0, "workers": cfg.get("workers", 0) >= 0,
+              "rel_tol": 0 <= cfg.get("rel_tol", 0) < 1}
+    for name, ok in checks.items():
+      if not ok:
+        raise ValueError(f"config.reward.{name}: out of range, got {cfg[name]!r}")
+    return cls(answers.Conventions(**{k: v for k, v in cfg.items() if k in fields}),
+               **{k: v for k, v in cfg.items() if k not in fields})
+
+  def correct(self, responses: Sequence[str], golds: Sequence[str]) -> np.ndarray:
+    """[n] bool: whether each response's final answer equals its gold answer."""
+    if len(responses) != len(golds):
+      raise ValueError(f"{len(responses)} responses for {len(golds)} gold answers")
+    preds = [None if (r := answer_region(text)) is None else final_answer(r, self.join_boxes)
+             for text in responses]
+    pairs = sorted({(p, g) for p, g in zip(preds, golds) if p is not None})
+    verdicts = {pair: answers.match(*pair, self.conventions) for pair in pairs}
+    undecided = [pair for pair, v in verdicts.items() if v is None]
+    verdicts.update(zip(undecided, self._symbolic(undecided)))
+    return np.asarray([p is not None and bool(verdicts[p, g]) for p, g in zip(preds, golds)])
+
+  def rewards(self, responses: Sequence[str], golds: Sequence[str]) -> np.ndarray:
+    """[n] float32: 1 for a correct answer, else 0; plus `format_weight` if well formed."""
+    score = self.correct(responses, golds).astype(np.float32)
+    if self.format_weight:
+      score += self.format_weight * np.asarray([well_formed(r) for r in responses], np.float32)
+    return score
+
+  def _symbolic(self, pairs: list[tuple[str, str]]) -> list[bool]:
+    """Symbolic verdicts of (pred, gold) pairs: remembered ones, the rest in the worker
+    pool, each cut off after `timeout_s` (a pair cut off, or whose worker died, is wrong)."""
+    known = {p: _VERDICTS.get((self.conventions, *p)) for p in pairs}
+    todo = [p for p, v in known.items() if v is None]
+    if todo:
+      workers = self.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+      conventions = dataclasses.asdict(self.conventions)
+      verdicts = timeboxed.pool("zppo_jax.answers:symbolic_match", workers, ["math_verify"]).map(
+          [(pred, gold, conventions) for pred, gold in todo], self.timeout_s, default=False)
+      for pair, verdict in zip(todo, verdicts):
+        known[pair] = bool(verdict)
+        _VERDICTS.put((self.conventions, *pair), known[pair])
+    return [known[p] for p in pairs]
+
+
+class _Memo:
+  """A bounded, thread-safe map that forgets its oldest entries."""
+
+  def __init__(self, capacity: int):
+    self.capacity, self._data, self._lock = capacity, collections.OrderedDict(), threading.Lock()
+
+  def get(self, key):
+    with self._lock:
+      return self._data.get(key)
+
+  def put(self, key, value):
+    with self._lock:
+      self._data[key] = value
+      while len(self._data) > self.capacity:
+        self._data.popitem(last=False)
+
+
+_VERDICTS = _Memo(1 << 16)
+
+
+def is_correct(response: str, gold: str, grader: Grader = Grader()) -> bool:
+  r"""Whether the response's final `\boxed{}` answer (after `</think>`) equals `gold`."""
+  return bool(grader.correct([response], [gold])[0])
+
+
+def reward(response: str, gold: str, grader: Grader = Grader()) -> float:
+  """1 for a correct answer, else 0; plus `grader.format_weight` when well formed."""
+  return float(grader.rewards([response], [gold])[0])

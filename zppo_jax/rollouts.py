@@ -39,9 +39,10 @@ def sample(sampler, params, tokenizer, prompts, config, *, num_samples, seed, ma
 
 
 def grade(texts: Sequence[str], answers: Sequence[str], config) -> np.ndarray:
-  """Rewards of (text, answer) pairs, each graded by one host and gathered: the work is split,
-  and a time-bounded check cannot come out differently on two hosts."""
-  def one(pair):
-    return rewards.reward(pair[0], pair[1], format_weight=config.reward.format_weight,
-                          timeout_s=config.reward.timeout_s)
-  return np.asarray(multihost.map_shared(one, list(zip(texts, answers))), np.float32)
+  """Rewards of (text, answer) pairs under `config.reward`, each graded by one host and
+  gathered: the work is split, and a time-bounded check cannot come out differently on two
+  hosts."""
+  grader = rewards.Grader.from_config(config.reward)
+  def mine(pairs):
+    return grader.rewards([t for t, _ in pairs], [a for _, a in pairs]).tolist()
+  return np.asarray(multihost.map_shared(mine, list(zip(texts, answers))), np.float32)

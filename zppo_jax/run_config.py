@@ -87,7 +87,15 @@ def base_config() -> ml_collections.ConfigDict:
       enable_thinking=True,
       system="")
 
-  c.reward = dict(format_weight=0.0, timeout_s=2)
+  c.reward = dict(               # grading conventions: README "Grading"
+      format_weight=0.0,        # bonus for a well-formed response (</think>, then a box)
+      timeout_s=2.0,            # symbolic (sympy) check of one answer pair, then wrong
+      workers=0,                # symbolic-check processes per host; 0 = half the CPUs, 1-8
+      join_boxes=True,          # `\boxed{1}, \boxed{2}` at the end is the list answer 1, 2
+      rel_tol=0.0,              # relative tolerance between non-integers (integers: exact)
+      unordered_lists=True,     # a bare list `4, 10, -2` matches in any order
+      evaluate_expressions=False,  # `2^{10}` / `5!` count for the gold number 1024 / 120
+      reduced_fractions=False)  # a fraction must be in lowest terms
 
   c.buffer = dict(
       enabled=True,

@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from zppo_jax import (checkpointing, evaluate, losses, multihost, prompts, replay_buffer,
-                      rollouts, run_config, sharding)
+                      rewards, rollouts, run_config, sharding)
 from zppo_jax import train_step as ts
 from zppo_jax.data import benchmarks, pipeline, sources, synthetic
 from zppo_jax.data.records import Question
@@ -121,6 +121,7 @@ def validate(config):
   if config.student.init == "random" and not config.tokenizer:
     raise ValueError("config.student.init='random' has no checkpoint to take a tokenizer from: "
                      "set config.tokenizer")
+  rewards.Grader.from_config(config.reward)
   if config.questions_per_step % jax.process_count():
     raise ValueError(f"config.questions_per_step={config.questions_per_step} (the global batch) "
                      f"must be a multiple of the {jax.process_count()} processes")
