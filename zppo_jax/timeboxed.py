@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -58,7 +59,8 @@ class Pool:
           while idle and pending:
             slot, call = idle.pop(), pending.pop()
             try:
-              self._procs[slot].stdin.write(json.dumps(list(calls[call])) + "\n")
+              self._procs[slot].stdin.write(
+                  json.dumps({"args": list(calls[call]), "timeout_s": timeout_s}) + "\n")
               self._procs[slot].stdin.flush()
               busy[slot] = (call, time.monotonic() + timeout_s)
             except OSError:  # the worker died while idle: replace it, retry the call
@@ -151,17 +153,22 @@ def _close_all():
 
 
 def _serve(function: str, preload: Sequence[str]):
-  """A worker's loop: JSON argument lists in, {"result": ...} or {"error": ...} out."""
+  """A worker's loop: {"args": [...], "timeout_s": t} lines in, {"result": ...} or
+  {"error": ...} lines out. Each call also arms SIGALRM (whose default action ends the
+  process) a second past its deadline, so a worker whose caller died cannot run on."""
   for module in preload:
     importlib.import_module(module)
   module, name = function.split(":")
   fn = getattr(importlib.import_module(module), name)
   print(_READY, flush=True)
   for line in sys.stdin:
+    call = json.loads(line)
+    signal.setitimer(signal.ITIMER_REAL, call["timeout_s"] + 1.0)
     try:
-      reply = {"result": fn(*json.loads(line))}
+      reply = {"result": fn(*call["args"])}
     except Exception as e:  # noqa: BLE001 - the caller gets its default
       reply = {"error": repr(e)[:500]}
+    signal.setitimer(signal.ITIMER_REAL, 0)
     print(json.dumps(reply), flush=True)
 
 
