@@ -143,7 +143,8 @@ def _fingerprints(started) -> list[str]:
 
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "throughput"))}
+    return [{k: v for k, v in json.loads(line).items()
+             if not k.startswith(("time/", "throughput", "grade/"))}
             for line in f]
 
 

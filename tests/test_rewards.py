@@ -488,3 +488,16 @@ def test_number_parsing_is_bounded(answer):
   answers.match(answer, "5")
   answers.parse(answer)
   assert time.perf_counter() - start < 0.5
+
+
+_HOSTILE_PIECES = ["\\boxed{", "}", "{", "10^{", "!", "9" * 60, "e999999999", "e-999999", "\\frac{",
+                   "\\sqrt{", "(", ")", "\x00", "\x1b", ",", " and ", "=", "\\begin{pmatrix}",
+                   "\\\\", "&", "\\end{pmatrix}", "\\pm", "x", "^", "\\{", "\\}", "</think>",
+                   "\\text{", "%", "1,000", ".", "\\times10^{", "\\infty", "\\cup"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(_HOSTILE_PIECES), max_size=300).map("".join),
+       st.lists(st.sampled_from(_HOSTILE_PIECES), max_size=20).map("".join))
+def test_time_bound_holds_on_generated_hostile_answers(answer, gold):
+  _bounded([f"</think>\\boxed{{{answer}}}", f"</think>{answer}"], gold)

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import re
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -132,12 +133,15 @@ class Grader:
     """[n] bool: whether each response's final answer equals its gold answer."""
     if len(responses) != len(golds):
       raise ValueError(f"{len(responses)} responses for {len(golds)} gold answers")
+    start = time.perf_counter()
     preds = [None if (r := answer_region(text)) is None else final_answer(r, self.join_boxes)
              for text in responses]
     pairs = sorted({(p, g) for p, g in zip(preds, golds) if p is not None})
     verdicts = {pair: answers.match(*pair, self.conventions) for pair in pairs}
     undecided = [pair for pair, v in verdicts.items() if v is None]
     verdicts.update(zip(undecided, self._symbolic(undecided)))
+    TALLY.add(seconds=time.perf_counter() - start, answers=len(responses),
+              symbolic=len(undecided))
     return np.asarray([p is not None and bool(verdicts[p, g]) for p, g in zip(preds, golds)])
 
   def rewards(self, responses: Sequence[str], golds: Sequence[str]) -> np.ndarray:
@@ -155,8 +159,11 @@ class Grader:
     if todo:
       workers = self.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
       conventions = dataclasses.asdict(self.conventions)
-      verdicts = timeboxed.pool("zppo_jax.answers:symbolic_match", workers, ["math_verify"]).map(
-          [(pred, gold, conventions) for pred, gold in todo], self.timeout_s, default=False)
+      pool = timeboxed.pool("zppo_jax.answers:symbolic_match", workers, ["math_verify"])
+      killed = pool.killed
+      verdicts = pool.map([(pred, gold, conventions) for pred, gold in todo], self.timeout_s,
+                          default=False)
+      TALLY.add(timeouts=pool.killed - killed)
       for pair, verdict in zip(todo, verdicts):
         known[pair] = bool(verdict)
         _VERDICTS.put((self.conventions, *pair), known[pair])
@@ -181,6 +188,28 @@ class _Memo:
 
 
 _VERDICTS = _Memo(1 << 16)
+
+
+class Tally:
+  """Running totals of this process's grading, for per-step metrics (`snapshot()` deltas):
+  seconds spent, answers graded, answer pairs sent to the symbolic check, and checks cut off
+  at their deadline."""
+
+  def __init__(self):
+    self._lock, self._totals = threading.Lock(), dict.fromkeys(
+        ("seconds", "answers", "symbolic", "timeouts"), 0)
+
+  def add(self, **amounts):
+    with self._lock:
+      for k, v in amounts.items():
+        self._totals[k] += v
+
+  def snapshot(self) -> dict:
+    with self._lock:
+      return dict(self._totals)
+
+
+TALLY = Tally()
 
 
 def is_correct(response: str, gold: str, grader: Grader = Grader()) -> bool:

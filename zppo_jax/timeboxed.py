@@ -37,6 +37,7 @@ class Pool:
     self.startup_timeout_s = startup_timeout_s
     self._procs: list[subprocess.Popen] = []
     self._ready: list[bool] = []
+    self.killed = 0  # calls killed at their deadline, in all
     self._lock = threading.Lock()
 
   def map(self, calls: Sequence[Sequence[Any]], timeout_s: float, default: Any) -> list:
@@ -92,6 +93,7 @@ class Pool:
           for slot, (call, deadline) in list(busy.items()):
             if now >= deadline:
               del busy[slot]
+              self.killed += 1
               starting[slot] = self._replace(sel, slot)
           for slot, deadline in starting.items():
             if now >= deadline:

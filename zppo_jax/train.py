@@ -423,6 +423,7 @@ class Trainer:
   def train_step(self) -> dict:
     c, m, step = self.config, self.models, self.step
     timer, times = time.perf_counter(), {}
+    graded = rewards.TALLY.snapshot()
 
     def lap(name):
       nonlocal timer
@@ -482,6 +483,9 @@ class Trainer:
                                 train_metrics)
     metrics.update(times)
     metrics["time/step"] = sum(times.values())
+    graded = {k: v - graded[k] for k, v in rewards.TALLY.snapshot().items()}
+    metrics["time/grade"] = graded["seconds"]  # within the rollout stages' times
+    metrics["grade/symbolic"], metrics["grade/timeouts"] = graded["symbolic"], graded["timeouts"]
     sampled = sum(len(t) for g in groups + extra_groups for t in g.completions)
     metrics["throughput/sampled_tokens_per_s"] = sampled / max(
         times["time/rollout"] + times["time/reformulated_rollout"], 1e-9)
