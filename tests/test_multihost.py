@@ -1,7 +1,6 @@
 """Several processes, one run: jax.distributed on CPU (gloo collectives, a localhost
 coordinator) running configs/tiny.py, against one process with the same global batch."""
 
-import json
 import math
 import os
 import re
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from zppo_jax import multihost
+from zppo_jax import metric_writer, multihost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -142,10 +141,8 @@ def _fingerprints(started) -> list[str]:
 
 
 def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items()
-             if not k.startswith(("time/", "throughput", "grade/"))}
-            for line in f]
+  return [{k: v for k, v in line.items() if not k.startswith(("time/", "throughput", "grade/"))}
+          for line in metric_writer.read(os.path.join(workdir, "metrics.jsonl"))]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import stat
 
 import jax
 import numpy as np
@@ -182,12 +183,28 @@ def test_index_naming_a_missing_shard(hf_text, tmp_path):
     qwen3_5.load_hf_checkpoint(str(tmp_path / "s"))
 
 
-def test_save_replaces_existing_directory_whole(hf_text, tmp_path):
+def test_save_replaces_a_previous_export_whole_and_nothing_else(hf_text, tmp_path):
   _, path = hf_text
   config, params = qwen3_5.load_hf_checkpoint(path)
   target = tmp_path / "out"
-  target.mkdir()
-  (target / "stale.safetensors").write_text("old")
   qwen3_5.save_hf_checkpoint(str(target), config, params)
+  (target / "stale.safetensors").write_text("old")
+  qwen3_5.save_hf_checkpoint(str(target), config, params)  # a previous export: replaced
   assert not (target / "stale.safetensors").exists()
   assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directories left behind
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+  assert all(stat.S_IMODE(os.stat(target / n).st_mode) == 0o666 & ~umask
+             for n in os.listdir(target))
+  # a folder of other files (a workdir, the source checkpoint) is refused and left untouched
+  other = tmp_path / "workdir"
+  other.mkdir()
+  (other / "metrics.jsonl").write_text("{}\n")
+  with pytest.raises(ValueError, match="non-empty directory that no export wrote"):
+    qwen3_5.save_hf_checkpoint(str(other), config, params)
+  assert os.listdir(other) == ["metrics.jsonl"]
+  with pytest.raises(ValueError, match="the checkpoint it was loaded from"):
+    qwen3_5.save_hf_checkpoint(path, config, params, source=path)
+  (tmp_path / "empty").mkdir()
+  qwen3_5.save_hf_checkpoint(str(tmp_path / "empty"), config, params)  # empty: fine

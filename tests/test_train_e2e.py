@@ -1,7 +1,6 @@
 """The whole ZPPO loop on the shipped tiny models (configs/tiny.py, a few steps): the paper's
 mechanics all happen, and a killed run resumes to exactly the uninterrupted result."""
 
-import json
 import math
 import os
 
@@ -9,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from zppo_jax import evaluate, run_config, sharding, train
+from zppo_jax import evaluate, metric_writer, run_config, sharding, train
 from zppo_jax.models import qwen3_5
 
 STEPS = 4
@@ -28,8 +27,7 @@ def _config(workdir, steps=STEPS):
 
 
 def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return metric_writer.read(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _comparable(lines):
@@ -66,8 +64,7 @@ def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
   # grading is timed within the step, and the tiny task's integer answers never need sympy
   assert all(0 < line["time/grade"] < line["time/step"] for line in lines)
   assert total("grade/timeouts") == 0
-  with open(os.path.join(workdir, "samples.jsonl")) as f:
-    sample = json.loads(f.readline())
+  sample = metric_writer.read(os.path.join(workdir, "samples.jsonl"))[0]
   assert {"prompt", "response", "reward", "answer"} <= set(sample)
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   # the exported student is a Hugging Face checkpoint holding the trained params

@@ -3,9 +3,11 @@
 A checkpoint holds `state` (params, optimizer state, step, RNG: restored straight into
 their shardings) and `host` (replay buffer, data-iterator position, anything else the loop
 needs to continue exactly). Orbax writes each step into a temporary directory and renames
-it when complete, so a crash mid-save never leaves a half checkpoint that looks whole; a
-newest checkpoint that is nonetheless unreadable (a truncated file, a bad disk) is skipped
-for the one before it, with a warning naming both.
+it when complete, so a crash mid-save never leaves a half checkpoint that looks whole. A
+checkpoint that is nonetheless unreadable (a truncated file, a bad disk) is moved aside when
+a run restores (renamed `<step>.unreadable-<n>`, never deleted, with a warning naming it and
+the error), and the run falls back to the one before: the bad step can neither be taken for
+the newest again nor block saving that step anew.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 from absl import logging
 
 
@@ -41,7 +45,8 @@ class Checkpointer:
     directly into them.
     """
     found = _newest(self.manager, lambda: ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()),
+                    move_aside=True)
     if found is None:
       return None
     step, restored = found
@@ -85,14 +90,37 @@ def _location(directory: str) -> str:
   return directory if "://" in directory else os.path.abspath(directory)
 
 
-def _newest(manager, args):
-  """(step, restored) of the newest step that `args()` restores, skipping unreadable ones."""
+def _newest(manager, args, move_aside: bool = False):
+  """(step, restored) of the newest step that `args()` restores, skipping unreadable ones
+  (and renaming them out of the way when `move_aside`)."""
   steps = sorted(manager.all_steps(), reverse=True)
+  found, bad = None, []
   for i, step in enumerate(steps):
     try:
-      return step, manager.restore(step, args=args())
+      found = step, manager.restore(step, args=args())
+      break
     except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+      bad.append(step)
       after = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
-      logging.warning("checkpoint %s/%d is unreadable (%s: %s); %s", manager.directory, step,
-                      type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", after)
-  return None
+      logging.warning("checkpoint %s/%d is unreadable: %s; %s", manager.directory, step,
+                      _first_line(e), after)
+  if move_aside and bad:
+    if jax.process_index() == 0:
+      for step in bad:
+        source = epath.Path(manager.directory) / str(step)
+        n = 1
+        while (target := source.parent / f"{step}.unreadable-{n}").exists():
+          n += 1
+        source.rename(target)
+        logging.warning("moved the unreadable checkpoint %s aside to %s (not deleted)", source,
+                        target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpointing: unreadable steps moved aside")
+    manager.reload()
+  return found
+
+
+def _first_line(e: Exception) -> str:
+  """An exception as one readable line: its type and the first line of its text, whole."""
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:1000]}" if text else type(e).__name__

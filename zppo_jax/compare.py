@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from zppo_jax import metric_writer
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The paper's methods († = with the replay buffer), in its table's order: (label, method, arg).
 PAPER = (
@@ -87,13 +89,6 @@ def parse_runs(text: str) -> list[tuple[str, str]]:
   return [(label, config) for label, config in runs]
 
 
-def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 # ------------------------------------------------------------------------------ running
 
 def _python(module: str, args: Sequence[str], log: str, env: dict) -> int:
@@ -106,7 +101,7 @@ def _python(module: str, args: Sequence[str], log: str, env: dict) -> int:
 
 def finished(run_dir: str, steps: int) -> bool:
   """A run is finished when its metrics hold the final evaluation, at step `steps`."""
-  lines = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+  lines = metric_writer.read(os.path.join(run_dir, "metrics.jsonl"))
   return bool(lines) and lines[-1]["step"] == steps and any(k.startswith("eval/")
                                                             for k in lines[-1])
 
@@ -150,11 +145,11 @@ def collect(workdir: str, runs, seeds) -> dict:
   for label, _ in runs:
     for seed in seeds:
       run_dir = os.path.join(workdir, "runs", slug(label), f"seed_{seed}")
-      metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+      metrics = metric_writer.read(os.path.join(run_dir, "metrics.jsonl"))
       if metrics:
         data.setdefault(label, {})[seed] = {
             "metrics": metrics,
-            "reformulations": read_jsonl(os.path.join(run_dir, "reformulations.jsonl"))}
+            "reformulations": metric_writer.read(os.path.join(run_dir, "reformulations.jsonl"))}
   student = {}
   for seed in seeds:
     path = os.path.join(workdir, "student", f"seed_{seed}", "eval.json")

@@ -225,6 +225,8 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
+
+  from zppo_jax import run_config
   _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (:arg).")
   _CHECKPOINT = flags.DEFINE_string(
       "checkpoint", "", "A Hugging Face checkpoint directory, or a run's workdir (its newest "
@@ -232,4 +234,4 @@ if __name__ == "__main__":
   _OUTPUT = flags.DEFINE_string("output", "", "Where eval.json and eval.md go (default: "
                                 "<checkpoint>/eval).")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -123,4 +123,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("teacher_size", None, "Official shapes instead of config.json.")
   flags.DEFINE_enum("platform", None, sorted(HBM_GIB), "Compare with its HBM.")
   flags.mark_flags_as_required(["config", "devices"])
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

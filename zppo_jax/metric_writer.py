@@ -3,8 +3,10 @@ record files such as `samples.jsonl` (rollouts to read) and `reformulations.json
 BCQ/NCQ group's accuracy next to its original question's), all in the workdir, written by
 process 0 only.
 
-On resume from step k, lines of steps after k (written after the last checkpoint) are
-dropped first, so the file reads as if the run had never stopped.
+The files are only ever appended to. A run that starts (or resumes from step k) first
+appends a marker line `{"step": k, "resume": true}`; `read` drops the lines of steps >= k
+written before a marker (steps that are being redone), so the file reads as if the run had
+never stopped. A torn last line (a crash mid-write) is closed with a newline and skipped.
 """
 
 from __future__ import annotations
@@ -13,19 +15,45 @@ import json
 import math
 import os
 
-import jax
+from absl import logging
+
+RESUME = "resume"
 
 
-def _rewind(path: str, step: int):
-  """Drops lines of `path` whose "step" is greater than `step` (atomic replace)."""
+def read(path: str) -> list[dict]:
+  """The lines of a metrics or record file as the run stands: lines superseded by a resume
+  marker dropped, torn or unparseable lines skipped (with a warning), markers left out."""
   if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(lines)
-  os.replace(tmp, path)
+    return []
+  out, bad = [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        step = row["step"]
+      except (ValueError, KeyError, TypeError):
+        bad += 1
+        continue
+      if row.get(RESUME):
+        out = [r for r in out if r["step"] < step]
+      else:
+        out.append(row)
+  if bad:
+    logging.warning("%s: skipped %d unreadable line(s) (a torn write?)", path, bad)
+  return out
+
+
+def _append_marker(path: str, step: int):
+  """Closes a torn last line, then appends the resume marker for `step`."""
+  with open(path, "a+b") as f:
+    f.seek(0, os.SEEK_END)
+    torn = False
+    if f.tell():
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+    f.write((b"\n" if torn else b"") + json.dumps({"step": step, RESUME: True}).encode() + b"\n")
 
 
 RECORDS = ("samples", "reformulations")
@@ -33,7 +61,8 @@ RECORDS = ("samples", "reformulations")
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int = 0):
+  def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int = 0):
+    import jax  # here: readers of the files (zppo_jax.compare) need no JAX
     self.active = jax.process_index() == 0
     self.workdir = workdir
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -42,10 +71,10 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     for path in [self.metrics_path] + [self._path(name) for name in RECORDS]:
-      _rewind(path, resume_step)
+      _append_marker(path, start_step)
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step)
 
   def write(self, step: int, metrics: dict):
     """One line of metrics.jsonl and the scalars to TensorBoard (non-finite values as null

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -47,6 +48,25 @@ def config_module(relpath: str):
   return module
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for the command-line tools (`app.run(main, flags_parser=...)`), with
+  an override of a field the config does not have (`--config.foo=1`) reported as one line
+  naming it, not a traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    found = re.search(r"[A-Za-z_]\w*", str(e))
+    if found is None:
+      raise
+    missing, hint = found.group(0), re.search(r'Did you mean "([^"]+)"', str(e))
+    named = [a.split("=")[0] for a in argv
+             if a.startswith("--config.") and missing in a.split("=")[0].split(".")]
+    raise SystemExit(f"error: {named[0] if named else '--config.*'}: the config has no field "
+                     f"{missing!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else
+                                       " (fields: zppo_jax/run_config.py)")) from None
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields, with defaults for a ZPPO run on the tiny built-in models."""
   c = ml_collections.ConfigDict()
@@ -76,12 +96,16 @@ def base_config() -> ml_collections.ConfigDict:
                                 # data.benchmarks (gsm8k, math500, aime, mmlu, mmlu_pro, arc, ...)
       tfds_data_dir="",
       on_error="raise",         # raise | skip malformed rows
+      long_questions="skip",    # skip | cut a question whose prompt is over
+                                # rollout.max_prompt_tokens (counted in questions/too_long)
       shuffle=True)
   c.questions_per_step = 8      # new questions per step (all hosts; a multiple of them)
 
   c.rollout = dict(
       group_size=8,             # G, rollouts per question (and per BCQ/NCQ prompt)
       max_new_tokens=160,
+      max_prompt_tokens=0,      # a question's chat prompt; 0 = the student's
+                                # max_position_embeddings - max_new_tokens
       temperature=1.0,          # the train step scores at temperature 1: keep 1 for on-policy
       top_p=1.0,
       enable_thinking=True,

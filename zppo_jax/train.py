@@ -37,6 +37,7 @@ from ml_collections import config_flags
 
 from zppo_jax import (checkpointing, evaluate, losses, multihost, prompts, replay_buffer,
                       rewards, rollouts, run_config, sharding)
+from zppo_jax import workdir as run_dir
 from zppo_jax import train_step as ts
 from zppo_jax.data import benchmarks, pipeline, sources, synthetic
 from zppo_jax.data.records import Question
@@ -88,6 +89,32 @@ def _question(d: dict) -> Question:
 
 # ------------------------------------------------------------------------------ setup
 
+LONG_QUESTIONS = ("skip", "cut")
+
+
+def _check_method_label(config):
+  """`config.method` names a paper method only if the fields that make the method agree:
+  `--config.method=grpo` on a ZPPO config would relabel a ZPPO run."""
+  base, _, suffix = config.method.partition("+")
+  if base not in run_config.METHODS:
+    return  # a label of the user's own
+  loss, distill = config.train.loss.name, base.endswith("_distill")
+  buffered = base in run_config.BUFFERED or suffix == "buffer"
+  checks = [  # (fields, agree, what the method needs)
+      ("zppo.bcq/ncq", bool(config.zppo.bcq or config.zppo.ncq) == (base == "zppo"),
+       "on" if base == "zppo" else "off"),
+      ("teacher_in_group", config.teacher_in_group == (base == "grpo_teacher_response"),
+       base == "grpo_teacher_response"),
+      ("train.loss.name", loss == base if distill else not loss.endswith("_distill"),
+       base if distill else "a GRPO-family loss"),
+      ("buffer.enabled", config.buffer.enabled == buffered, buffered)]
+  wrong = [f"{field} (needs {want})" for field, agree, want in checks if not agree]
+  if wrong:
+    raise ValueError(f"config.method={config.method!r} names a method whose fields disagree: "
+                     f"{', '.join(wrong)}. config.method is only a label: start from "
+                     f"configs/{base}.py (or set the fields), or give a label of your own")
+
+
 def validate(config):
   """Errors naming the config field whose value cannot work."""
   def check(field, value, allowed):
@@ -122,6 +149,27 @@ def validate(config):
     raise ValueError("config.student.init='random' has no checkpoint to take a tokenizer from: "
                      "set config.tokenizer")
   rewards.Grader.from_config(config.reward)
+  check("data.long_questions", config.data.long_questions, LONG_QUESTIONS)
+  ranges = [("buffer.threshold", config.buffer.threshold, 0 < config.buffer.threshold <= 1,
+             "in (0, 1]"),
+            ("buffer.replay_per_step", config.buffer.replay_per_step,
+             config.buffer.replay_per_step >= 0, ">= 0"),
+            ("buffer.capacity", config.buffer.capacity,
+             config.buffer.capacity >= 1 or not config.buffer.enabled, ">= 1"),
+            ("train.optimizer.learning_rate", config.train.optimizer.learning_rate,
+             config.train.optimizer.learning_rate > 0, "> 0"),
+            ("rollout.group_size", config.rollout.group_size,
+             config.rollout.group_size >= 2 or not config.distill.student_rollouts,
+             ">= 2 (a group of one has no advantage to learn from)"),
+            ("rollout.temperature", config.rollout.temperature,
+             config.rollout.temperature >= 0, ">= 0"),
+            ("rollout.top_p", config.rollout.top_p, 0 < config.rollout.top_p <= 1, "in (0, 1]"),
+            ("rollout.max_prompt_tokens", config.rollout.max_prompt_tokens,
+             config.rollout.max_prompt_tokens >= 0, ">= 0 (0: the model's limit)")]
+  for field, value, ok, allowed in ranges:
+    if not ok:
+      raise ValueError(f"config.{field} must be {allowed}, got {value!r}")
+  _check_method_label(config)
   if config.questions_per_step % jax.process_count():
     raise ValueError(f"config.questions_per_step={config.questions_per_step} (the global batch) "
                      f"must be a multiple of the {jax.process_count()} processes")
@@ -201,6 +249,53 @@ def questions(config, data_iter, buffer_state, step) -> list[tuple[Question, boo
   return out
 
 
+def prompt_limit(config, max_position_embeddings: int) -> int:
+  """Tokens a question's chat prompt may take: `rollout.max_prompt_tokens`, or what the
+  model's context leaves after `rollout.max_new_tokens`; a setting the model cannot hold
+  is an error naming the fields."""
+  r = config.rollout
+  limit = r.max_prompt_tokens or max_position_embeddings - r.max_new_tokens
+  longest = max(limit, config.zppo.max_prompt_tokens if (config.zppo.bcq or config.zppo.ncq)
+                else 0)
+  if limit < 1 or longest + r.max_new_tokens > max_position_embeddings:
+    raise ValueError(
+        f"config.rollout.max_prompt_tokens={r.max_prompt_tokens} (0: the model's limit), "
+        f"config.zppo.max_prompt_tokens={config.zppo.max_prompt_tokens} and "
+        f"config.rollout.max_new_tokens={r.max_new_tokens} do not fit the student's "
+        f"max_position_embeddings={max_position_embeddings}")
+  return limit
+
+
+def fit_questions(config, tok: Tokenizer, pairs: Sequence[tuple[Question, bool]],
+                  limit: int) -> tuple[list[tuple[Question, bool]], int]:
+  """The (question, replayed) pairs whose chat prompt fits `limit` tokens, and how many did
+  not: those are skipped, or with `data.long_questions="cut"` kept with the middle of the
+  question replaced by prompts.ELISION (its beginning and its final ask survive)."""
+  out, too_long = [], 0
+  overhead = len(rollouts.prompt_ids(tok, config, [""])[0])
+  room = limit - overhead - len(tok.encode(prompts.ELISION)) - 4  # 4: merges at the seams
+  for q, replayed in pairs:
+    if len(q.question) + overhead <= limit:  # a token holds at least one character
+      out.append((q, replayed))
+      continue
+    # a huge question is cut in characters before it is tokenised (no 10M-token encodes)
+    text = q.question if len(q.question) <= 64 * limit else (
+        q.question[:32 * limit] + q.question[-32 * limit:])
+    ids = tok.encode(text)
+    if len(ids) + overhead <= limit:
+      out.append((q, replayed))
+      continue
+    too_long += 1
+    if config.data.long_questions == "cut" and room > 0:
+      head, tail = room - room // 2, room // 2
+      cut = tok.decode(ids[:head]) + prompts.ELISION + tok.decode(ids[len(ids) - tail:])
+      out.append((dataclasses.replace(q, question=cut), replayed))
+  if too_long:
+    logging.warning("%d question(s) over rollout.max_prompt_tokens=%d tokens %s", too_long,
+                    limit, "cut" if config.data.long_questions == "cut" else "skipped")
+  return out, too_long
+
+
 def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, bool]],
              seed: int) -> list[Group]:
   """G student completions of each (kind, question, user message, replayed), graded against
@@ -249,27 +344,39 @@ def teacher_pass(models, config, hard: Sequence[Question], seed: int) -> dict[st
 
 
 def reformulate(config, hard: Sequence[Group], solutions: dict[str, list[str]],
-                rng: np.random.Generator, count_tokens) -> list[tuple[str, Question, str]]:
-  """(kind, question, user message) of the BCQ and NCQ prompts of the hard groups.
+                rng: np.random.Generator, count_tokens
+                ) -> tuple[list[tuple[str, Question, str]], int]:
+  """(kind, question, user message) of the BCQ and NCQ prompts of the hard groups, and how
+  many could not be built (`prompts.Unbuildable`: a question too long for the budget, no
+  usable wrong rollout, ...), skipped with a warning.
 
   BCQ when the teacher solved x: its first correct response and one wrong student rollout
   (a different one for each of `bcq_per_question`). NCQ from the wrong rollouts: when the
   teacher could not solve x ("unsolved"), or for every hard question ("always")."""
   z = config.zppo
   budget = prompts.Budget(z.max_prompt_tokens, z.max_candidate_tokens, z.max_ncq_responses)
-  out = []
+  out, skipped = [], 0
+
+  def build(kind, q, make):
+    nonlocal skipped
+    try:
+      out.append((kind, q, make()))
+    except prompts.Unbuildable as e:
+      skipped += 1
+      logging.warning("skipped the %s prompt of question %s: %s", kind, q.id, e)
+
   for group in hard:
     q = group.question
     wrong = [t for t, r in zip(group.texts, group.rewards) if r < 1.0]
     solved = solutions.get(q.id, [])
     if z.bcq and solved and wrong:
       for i in rng.permutation(len(wrong))[:z.bcq_per_question]:
-        out.append((BCQ, q, prompts.bcq(q.question, solved[0], wrong[i], rng, budget=budget,
-                                        count_tokens=count_tokens)))
+        build(BCQ, q, lambda: prompts.bcq(q.question, solved[0], wrong[i], rng, budget=budget,
+                                          count_tokens=count_tokens))
     if z.ncq and wrong and (z.ncq_policy == "always" or not solved):
-      out.append((NCQ, q, prompts.ncq(q.question, wrong, rng, budget=budget,
-                                      count_tokens=count_tokens)))
-  return out
+      build(NCQ, q, lambda: prompts.ncq(q.question, wrong, rng, budget=budget,
+                                        count_tokens=count_tokens))
+  return out, skipped
 
 
 def _completion_ids(tok: Tokenizer, response: str, enable_thinking: bool) -> list[int]:
@@ -344,11 +451,13 @@ def make_batch(groups: Sequence[Group], advantages: Sequence[np.ndarray], rows_m
 class Trainer:
   """The loop's state and its compiled programs; `run()` trains to `total_steps`."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, on_config_change: str = "refuse"):
     validate(config)
+    run_dir.claim(workdir, config, on_config_change, write=jax.process_index() == 0)
     self.config, self.workdir = config, workdir
     self.mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
     self.model_config, params = load_student(config, self.mesh)
+    self.max_prompt_tokens = prompt_limit(config, self.model_config.max_position_embeddings)
     self.models = load_models(config, self.mesh, self.model_config, params)
     cfg = config.train
     self.optimizer = ts.make_optimizer(cfg.optimizer)
@@ -432,14 +541,18 @@ class Trainer:
       timer = now
 
     params = self._sampling_params(self.state.params)
-    batch_questions = questions(c, self.data_iter, self.buffer, step)
+    batch_questions, too_long = fit_questions(
+        c, m.tokenizer, questions(c, self.data_iter, self.buffer, step), self.max_prompt_tokens)
     groups = roll_out(m, params, c, [(ORIGINAL, q, q.question, r) for q, r in batch_questions],
                       rollouts.derive_seed(c.seed, step, 2))
     rounds = 0
     while (c.dynamic_sampling.enabled and rounds < c.dynamic_sampling.max_rounds
            and sum(not _flat(g) for g in groups) < c.questions_per_step):
       rounds += 1
-      extra = [(ORIGINAL, q, q.question, False) for q in next_batch(self.data_iter)]
+      fitted, more = fit_questions(c, m.tokenizer, [(q, False) for q in next_batch(self.data_iter)],
+                                   self.max_prompt_tokens)
+      too_long += more
+      extra = [(ORIGINAL, q, q.question, False) for q, _ in fitted]
       groups += roll_out(m, params, c, extra,
                          rollouts.derive_seed(c.seed, step, 2, rounds))
     lap("rollout")
@@ -460,8 +573,8 @@ class Trainer:
 
     rng = np.random.default_rng(rollouts.derive_seed(c.seed, step, 4))
     graduated = {e.id for e in events.graduated}
-    reformulated = reformulate(c, [g for g in hard if g.question.id not in graduated], solutions,
-                               rng, lambda text: len(m.tokenizer.encode(text)))
+    reformulated, unbuilt = reformulate(c, [g for g in hard if g.question.id not in graduated],
+                                        solutions, rng, lambda text: len(m.tokenizer.encode(text)))
     extra_groups = roll_out(m, params, c, [(kind, q, user, False)
                                            for kind, q, user in reformulated],
                             rollouts.derive_seed(c.seed, step, 5))
@@ -482,6 +595,7 @@ class Trainer:
     metrics = self.step_metrics(groups, extra_groups, hard, solutions, events, flat,
                                 train_metrics)
     metrics.update(times)
+    metrics["reformulate/skipped"], metrics["questions/too_long"] = unbuilt, too_long
     metrics["time/step"] = sum(times.values())
     graded = {k: v - graded[k] for k, v in rewards.TALLY.snapshot().items()}
     metrics["time/grade"] = graded["seconds"]  # within the rollout stages' times
@@ -598,7 +712,7 @@ class Trainer:
   def run(self) -> bool:
     """Trains to `total_steps`; False when stopped early by SIGTERM (after a checkpoint)."""
     c = self.config
-    writer = MetricWriter(self.workdir, tensorboard=c.log.tensorboard, resume_step=self.step - 1)
+    writer = MetricWriter(self.workdir, tensorboard=c.log.tensorboard, start_step=self.step)
     bar = None
     if c.log.progress and jax.process_index() == 0:
       import tqdm
@@ -662,6 +776,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and exports go here.")
 _EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
                                  "Export the newest checkpoint's student and exit.")
+_ON_CONFIG_CHANGE = flags.DEFINE_enum(
+    "on_config_change", "refuse", run_dir.ON_CHANGE,
+    "When the workdir holds a run with another config: refuse (naming the differing fields), "
+    "continue it with the new settings, or move the old run aside and start a new_run.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", multihost.DISTRIBUTED,
     "Start jax.distributed (one process per host): auto = when the flags below are given or "
@@ -677,8 +795,11 @@ def main(argv):
   multihost.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                        _PROCESS_ID.value)
   config = _CONFIG.value
-  trainer = Trainer(config, _WORKDIR.value)
+  trainer = Trainer(config, _WORKDIR.value, _ON_CONFIG_CHANGE.value)
   if _EXPORT_ONLY.value:
+    if trainer.step == 0:
+      trainer.close()
+      raise app.UsageError(f"--export_only: no readable checkpoint in {_WORKDIR.value} to export")
     print(trainer.export())
     trainer.close()
     return
@@ -687,4 +808,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -63,15 +63,24 @@ def _tensor_files(path: str) -> dict[str, str]:
   single = os.path.join(path, SINGLE_FILE)
   if not os.path.exists(single):
     raise FileNotFoundError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
-  with safe_open(single, "numpy") as f:
+  with _safe_open(single, "numpy") as f:
     return {k: single for k in f.keys()}
+
+
+def _safe_open(file: str, framework: str):
+  """safe_open, with a damaged file (truncated, not safetensors) named in the error."""
+  try:
+    return safe_open(file, framework)
+  except Exception as e:  # safetensors' SafetensorError, OSError, ...
+    raise CheckpointError(f"{file} is not a readable safetensors file ({type(e).__name__}: "
+                          f"{e}); a download or copy cut short?") from None
 
 
 @contextlib.contextmanager
 def _open_all(files):
   """safe_open handles (jax framework, on the host CPU) for every file, closed at exit."""
   with contextlib.ExitStack() as stack:
-    yield {file: stack.enter_context(safe_open(file, "flax")) for file in sorted(set(files))}
+    yield {file: stack.enter_context(_safe_open(file, "flax")) for file in sorted(set(files))}
 
 
 def _expected(config: Qwen3_5Config, prefix: str) -> dict[str, tuple[ParamSpec, int | None]]:
@@ -221,7 +230,9 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
   """Writes params as a Hugging Face checkpoint that `transformers` and servers load.
 
   Args:
-    path: target directory (replaced if it exists).
+    path: target directory: new, empty, or a previous export (it holds EXPORT_MARKER), which
+      is replaced whole once the new one is written; any other directory is refused, so an
+      export never destroys a workdir or a folder of other files.
     source: the checkpoint the model was loaded from. Its tokenizer/generation files and,
       for the multimodal layout, its vision and MTP tensors are copied, so the result is a
       complete repository. Without it a multimodal config is saved as the text-only
@@ -230,6 +241,7 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
   Returns:
     path.
   """
+  _check_export_target(path, source)
   if config.layout == config_lib.MULTIMODAL_MODEL_TYPE and source is None:
     logging.warning("no source checkpoint given: saving %s in the text-only qwen3_5_text "
                     "layout (the vision tower is not part of these params)", path)
@@ -262,12 +274,41 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
         if (os.path.isfile(full) and not name.endswith(".safetensors")
             and name not in (INDEX_FILE, "config.json")):
           shutil.copy2(full, os.path.join(tmp, name))
+    with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
+      json.dump({"exported_by": "zppo_jax", "source": source}, f)
+    _ordinary_permissions(tmp)
     _replace_dir(tmp, path)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   logging.info("saved %s (%d safetensors files)", path, len(shard_names))
   return path
+
+
+EXPORT_MARKER = ".zppo_export"
+
+
+def _check_export_target(path: str, source: str | None):
+  """Refuses a target that is neither new, nor empty, nor a previous export."""
+  if source is not None and os.path.exists(path) and os.path.samefile(path, source):
+    raise ValueError(f"export target {path} is the checkpoint it was loaded from; export "
+                     "elsewhere")
+  if os.path.isfile(path):
+    raise ValueError(f"export target {path} is a file, not a directory")
+  if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(
+      os.path.join(path, EXPORT_MARKER)):
+    raise ValueError(f"export target {path} is a non-empty directory that no export wrote "
+                     f"(no {EXPORT_MARKER}): refusing to replace it. Export to a new or empty "
+                     "directory")
+
+
+def _ordinary_permissions(directory: str):
+  """rwx for all but the umask (mkdtemp makes 0700 folders): an export others can read."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(directory, 0o777 & ~umask)
+  for name in os.listdir(directory):
+    os.chmod(os.path.join(directory, name), 0o666 & ~umask)
 
 
 def _write_shards(directory: str, tensors, max_shard_bytes: int) -> list[str]:
