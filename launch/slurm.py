@@ -10,17 +10,30 @@ One task per node, each the same trainer command with JAX's explicit multi-proce
 writes each host's shards there). SLURM sends SIGTERM `--grace` seconds before the time
 limit (and on preemption): the trainer checkpoints and exits 0; submitting the same script
 again resumes. `--dry-run` prints the script and the sbatch command without submitting.
+Every value that goes into the script must be printable text (no newline: it would be a line
+of the script), and a directive's value is quoted when sbatch would otherwise split it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 
 from shell import execute, split_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _directive(key: str, value) -> str:
+  """`#SBATCH --key=value`. sbatch reads a directive like a shell: whitespace separates options,
+  quotes and backslashes are removed, an unquoted `#` starts a comment. A value with any of these
+  is double-quoted, so it stays one value and adds no option (`--job-name 'x --account=y'`)."""
+  text = str(value)
+  if re.search(r"[\s#'\"\\]", text):
+    text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+  return f"#SBATCH --{key}={text}"
 
 
 def script(args) -> str:
@@ -30,7 +43,7 @@ def script(args) -> str:
                 "time": args.time, "output": args.output, "signal": f"TERM@{args.grace}",
                 "partition": args.partition, "account": args.account}
   lines = ["#!/usr/bin/env bash"]
-  lines += [f"#SBATCH --{k}={v}" for k, v in directives.items() if v not in ("", None)]
+  lines += [_directive(k, v) for k, v in directives.items() if v not in ("", None)]
   # every argument single-quoted (commas in config args read as array separators otherwise)
   quoted = ["'" + a.replace("'", "'\\''") + "'" for a in args.train_args]
   train = " ".join(["python", "-m", "zppo_jax.train"] + quoted)
@@ -54,22 +67,47 @@ def script(args) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _integer(low: int, high: int | None = None):
+  """An argparse type: an integer from `low` to `high` (argparse names the flag at fault)."""
+  def integer(text: str) -> int:
+    n = int(text)
+    if n < low or (high is not None and n > high):
+      bounds = f">= {low}" if high is None else f"in {low}..{high}"
+      raise argparse.ArgumentTypeError(f"must be {bounds}, got {n}")
+    return n
+  return integer
+
+
+def _printable(text: str) -> str:
+  """An argparse type: text that goes into the script, where a newline or any other
+  non-printable character would start a line of its own (`--job-name $'x\\nrm -rf ~'`)."""
+  bad = next((c for c in text if not c.isprintable()), None)
+  if bad is not None:
+    raise argparse.ArgumentTypeError(f"{text!r} contains the non-printable character {bad!r}")
+  return text
+
+
 def parse(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--nodes", type=int, required=True)
-  p.add_argument("--gpus-per-node", type=int, default=8)
-  p.add_argument("--cpus-per-task", type=int, default=32)
-  p.add_argument("--time", default="24:00:00", help="time limit (HH:MM:SS or D-HH:MM:SS)")
-  p.add_argument("--grace", type=int, default=300,
+  p.add_argument("--nodes", type=_integer(1), required=True)
+  p.add_argument("--gpus-per-node", type=_integer(0), default=8)
+  p.add_argument("--cpus-per-task", type=_integer(1), default=32)
+  p.add_argument("--time", type=_printable, default="24:00:00",
+                 help="time limit (HH:MM:SS or D-HH:MM:SS)")
+  # sbatch's --signal takes 0..65535 seconds
+  p.add_argument("--grace", type=_integer(0, 65535), default=300,
                  help="seconds before the limit at which SIGTERM asks for a checkpoint")
-  p.add_argument("--partition", default="")
-  p.add_argument("--account", default="")
-  p.add_argument("--job-name", default="zppo")
-  p.add_argument("--output", default="zppo-%j.log", help="log file (%%j: job id)")
-  p.add_argument("--port", type=int, default=12321, help="coordinator port on node 0")
-  p.add_argument("--repo", default=REPO, help="the project directory on the cluster")
-  p.add_argument("--venv", default=os.path.join(REPO, ".venv"),
+  p.add_argument("--partition", type=_printable, default="")
+  p.add_argument("--account", type=_printable, default="")
+  p.add_argument("--job-name", type=_printable, default="zppo")
+  p.add_argument("--output", type=_printable, default="zppo-%j.log",
+                 help="log file (%%j: job id)")
+  p.add_argument("--port", type=_integer(1, 65535), default=12321,
+                 help="coordinator port on node 0")
+  p.add_argument("--repo", type=_printable, default=REPO,
+                 help="the project directory on the cluster")
+  p.add_argument("--venv", type=_printable, default=os.path.join(REPO, ".venv"),
                  help="virtual environment with jax[cuda12] and requirements.txt")
   p.add_argument("--script", default="zppo.sbatch", help="where to write the sbatch script")
   p.add_argument("--dry-run", action="store_true", help="print, write nothing, submit nothing")
@@ -79,8 +117,11 @@ def parse(argv=None):
   if not args.train_args:
     p.error("give the trainer's arguments after --, e.g. -- --config configs/zppo.py "
             "--workdir /shared/zppo")
-  if args.nodes < 1:
-    p.error(f"--nodes must be >= 1, got {args.nodes}")
+  for arg in args.train_args:
+    try:
+      _printable(arg)
+    except argparse.ArgumentTypeError as e:
+      p.error(f"trainer argument (after --): {e}")
   return args
 
 

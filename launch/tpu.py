@@ -13,9 +13,14 @@ Every command is printed before it runs; `--dry-run` only prints. `run` starts t
 trainer command on all workers (`--worker=all`); on a TPU VM `jax.distributed` finds its
 peers by itself. Checkpoints must be where every worker reads and writes (a gs:// bucket);
 metrics and the exported model are written by worker 0 under --workdir. `run --module
-compare` (or evaluate) starts `python -m zppo_jax.compare` instead, the same way. `--queued` creates a
-queued resource (waits for capacity) instead of a VM directly; `--spot` makes it
+compare` (or evaluate) starts `python -m zppo_jax.compare` instead, the same way. `--queued`
+creates a queued resource (waits for capacity) instead of a VM directly; `--spot` makes it
 preemptible: preemption sends SIGTERM, the run checkpoints, and `run` again resumes.
+
+Each worker logs to ~/zppo_run.log and keeps the run's process id in ~/zppo_run.pid. `run`
+refuses to start while that process lives; `stop` sends SIGTERM to exactly that process (of a
+comparison: to its current training or evaluation, after which the comparison ends), and a
+worker without a live run only says so.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
             "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 REMOTE_DIR = "~/zppo_jax"
 REMOTE_LOG = "~/zppo_run.log"
+REMOTE_PID = "~/zppo_run.pid"  # the process id of the run that `run` started on the worker
+# A worker's shell: true when REMOTE_PID names a live run, its id in $pid. (The command line
+# is checked: an id from a finished run may since have been given to another process.)
+RUN_ALIVE = (f'pid=$(cat {REMOTE_PID} 2>/dev/null) && '
+             f'grep -qaF zppo_jax. "/proc/$pid/cmdline" 2>/dev/null')
 ARCHIVE = "/tmp/zppo_jax.tar.gz"
 
 
@@ -83,13 +93,23 @@ def commands(args) -> list[list[str]]:
       raise SystemExit("run: give the trainer's arguments after --, e.g. -- --config "
                        "configs/zppo.py --workdir /tmp/zppo")
     train = f"~/venv/bin/python -m zppo_jax.{args.module} " + shlex.join(args.train_args)
-    # setsid + nohup: the trainer outlives the ssh session; all workers log locally.
-    return [_ssh(args, f"cd {REMOTE_DIR} && setsid nohup {train} > {REMOTE_LOG} 2>&1 "
-                       f"< /dev/null &")]
+    # setsid + nohup: the trainer outlives the ssh session; all workers log locally. Started as
+    # a simple command in the background, $! is the trainer (setsid and nohup exec into it).
+    busy = (f'if {RUN_ALIVE}; then echo "$(hostname): run $pid ({REMOTE_PID}) is still running: '
+            f'stop it and let it end first" >&2; exit 1; fi')
+    return [_ssh(args, f"{busy}; cd {REMOTE_DIR} && {{ setsid nohup {train} > {REMOTE_LOG} "
+                       f"2>&1 < /dev/null & echo $! > {REMOTE_PID}; }}")]
   if args.action == "logs":
     return [_ssh(args, f"tail -n 200 -F {REMOTE_LOG}", worker=args.worker)]
   if args.action == "stop":  # SIGTERM: every worker checkpoints at the same step and exits
-    return [_ssh(args, "pkill -TERM -f zppo_jax.train || true")]
+    # By the recorded id, not by a pattern over every command line (`pkill -f zppo_jax.train`
+    # matched its own shell too). A comparison runs each training (or evaluation) as its child:
+    # that child is signalled, checkpoints, and the comparison then ends by itself.
+    child = "pkill -TERM -P \"$pid\" -f 'zppo_jax[.](train|evaluate)( |$)'"
+    return [_ssh(args, f'if ! {{ {RUN_ALIVE}; }}; then echo "$(hostname): no live run in '
+                       f'{REMOTE_PID}"; elif {child}; then echo "$(hostname): SIGTERM to the '
+                       f'current run of comparison $pid"; else kill -TERM "$pid" && echo '
+                       f'"$(hostname): SIGTERM to run $pid"; fi')]
   if args.action == "delete":
     if args.queued:
       return [tpus + ["queued-resources", "delete", args.name, *_where(args), "--force",

@@ -1,11 +1,13 @@
 """launch/ scripts: the commands they would run (--dry-run), the SLURM script run under fake
-`srun`/`scontrol`/`python` and clean under shellcheck; the memory tool's arithmetic."""
+`srun`/`scontrol`/`python` and clean under shellcheck, what no argument may add to it, a TPU
+worker's run and stop in a local shell; the memory tool's arithmetic."""
 
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from zppo_jax.models import qwen3_5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
+SHELLCHECK = shutil.which("shellcheck", path=os.path.dirname(sys.executable)) or "shellcheck"
 
 
 def _dry(script, *args, cwd=REPO) -> list[list[str]]:
@@ -52,7 +55,7 @@ def test_tpu_create_setup_run_logs_stop_delete():
   # the remote shell gets back exactly the trainer's arguments
   started = remote.split("zppo_jax.train ", 1)[1].split(" > ")[0]
   assert shlex.split(started) == train
-  assert remote.startswith("cd ~/zppo_jax && setsid nohup ~/venv/bin/python -m zppo_jax.train")
+  assert "cd ~/zppo_jax && { setsid nohup ~/venv/bin/python -m zppo_jax.train" in remote
 
   [compare] = _dry("tpu.py", "run", *TPU, "--module", "compare", "--", "--workdir", "/mnt/c")
   assert "python -m zppo_jax.compare --workdir /mnt/c > " in compare[-1]
@@ -60,7 +63,7 @@ def test_tpu_create_setup_run_logs_stop_delete():
   [logs] = _dry("tpu.py", "logs", *TPU, "--worker", "3")
   assert "--worker=3" in logs and logs[-1].startswith("--command=tail")
   [stop] = _dry("tpu.py", "stop", *TPU)
-  assert stop[-1] == "--command=pkill -TERM -f zppo_jax.train || true"  # graceful: checkpoint
+  assert stop[:6] == run[:6] and "--worker=all" in stop
   [delete] = _dry("tpu.py", "delete", *TPU, "--queued")
   assert delete[3:6] == ["queued-resources", "delete", "zppo"] and "--quiet" in delete
   for cmd in (install, run, compare, logs, stop):  # what the workers' shells run parses as bash
@@ -75,6 +78,92 @@ def test_tpu_errors_name_the_argument():
   bad = subprocess.run([sys.executable, os.path.join(LAUNCH, "tpu.py"), "run", *TPU,
                         "--dry-run"], capture_output=True, text=True)
   assert bad.returncode != 0 and "give the trainer's arguments after --" in bad.stderr
+
+
+# The worker's `python`: prints when it starts and when SIGTERM reaches it; as
+# `zppo_jax.compare` it runs a `zppo_jax.train` child, then ends, like compare.py.
+FAKE_PYTHON = f"""#!{sys.executable}
+import signal, subprocess, sys, time
+module = sys.argv[2]
+def stopped(*_):
+  print(module, "got SIGTERM", flush=True)
+  sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
+if module == "zppo_jax.compare":
+  subprocess.run([sys.argv[0], "-m", "zppo_jax.train"], check=False)
+  print(module, "ended", flush=True)
+else:
+  print(module, "ready", flush=True)
+  time.sleep(30)
+"""
+
+
+def _log_until(path, last: str) -> list[str]:
+  """The lines of `path` once its last line is `last` (10 s at most)."""
+  deadline = time.time() + 10
+  lines = []
+  while time.time() < deadline and lines[-1:] != [last]:
+    time.sleep(0.05)
+    lines = path.read_text().splitlines() if path.exists() else []
+  return lines
+
+
+@pytest.mark.parametrize("module", ["train", "compare"])
+def test_tpu_stop_signals_the_recorded_run_only(tmp_path, module):
+  [run] = _dry("tpu.py", "run", *TPU, "--module", module, "--", "--workdir", "/tmp/z")
+  [stop] = _dry("tpu.py", "stop", *TPU)
+  run, stop = run[-1].removeprefix("--command="), stop[-1].removeprefix("--command=")
+  assert "~/zppo_run.pid" in run and "~/zppo_run.pid" in stop  # the run's id, where stop reads it
+  for name, command in (("run", run), ("stop", stop)):
+    (tmp_path / name).write_text(command + "\n")
+    lint = subprocess.run([SHELLCHECK, "-s", "bash", str(tmp_path / name)], capture_output=True,
+                          text=True)
+    assert lint.returncode == 0, lint.stdout
+
+  # The worker, in a local shell: its home is tmp_path.
+  (tmp_path / "zppo_jax").mkdir()
+  (tmp_path / "venv" / "bin").mkdir(parents=True)
+  python = tmp_path / "venv" / "bin" / "python"
+  python.write_text(FAKE_PYTHON)
+  python.chmod(0o755)
+  env = {**os.environ, "HOME": str(tmp_path)}
+  log = tmp_path / "zppo_run.log"
+
+  def shell(command):
+    return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+
+  # no run yet: nothing to stop, and that is no failure
+  nothing = shell(stop)
+  assert nothing.returncode == 0 and "no live run in ~/zppo_run.pid" in nothing.stdout
+  # a process that merely mentions the trainer (an editor, a `tail` of its log) is left alone
+  bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                                "tail zppo_jax.train.log"])
+  try:
+    assert shell(run).returncode == 0
+    assert _log_until(log, "zppo_jax.train ready") == ["zppo_jax.train ready"]
+    pid = int((tmp_path / "zppo_run.pid").read_text())
+    with open(f"/proc/{pid}/cmdline") as f:  # $! was the trainer itself
+      assert f"zppo_jax.{module}" in f.read()
+    again = shell(run)  # one run per worker: the recorded one stays the one `stop` signals
+    assert again.returncode == 1 and f"run {pid} (~/zppo_run.pid) is still running" in again.stderr
+    assert int((tmp_path / "zppo_run.pid").read_text()) == pid
+
+    stopped = shell(stop)
+    assert stopped.returncode == 0, stopped.stderr  # (`pkill -f` signalled this very shell)
+    if module == "compare":  # its training child checkpoints; the comparison then ends
+      assert f"SIGTERM to the current run of comparison {pid}" in stopped.stdout
+      assert _log_until(log, "zppo_jax.compare ended") == [
+          "zppo_jax.train ready", "zppo_jax.train got SIGTERM", "zppo_jax.compare ended"]
+    else:
+      assert f"SIGTERM to run {pid}" in stopped.stdout
+      assert _log_until(log, "zppo_jax.train got SIGTERM") == [
+          "zppo_jax.train ready", "zppo_jax.train got SIGTERM"]
+    assert bystander.poll() is None
+    ended = shell(stop)  # the recorded run has ended
+    assert ended.returncode == 0 and "no live run in ~/zppo_run.pid" in ended.stdout
+  finally:
+    bystander.kill()
+    bystander.wait()
 
 
 def _fake_bin(directory, name, body):
@@ -98,8 +187,7 @@ def test_slurm_script_gives_each_task_its_flags_and_passes_shellcheck(tmp_path):
   script = tmp_path / "job.sbatch"
   script.write_text(text)
 
-  shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable)) or "shellcheck"
-  lint = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+  lint = subprocess.run([SHELLCHECK, str(script)], capture_output=True, text=True)
   assert lint.returncode == 0, lint.stdout
 
   # Run it on a fake cluster: scontrol lists two nodes, srun starts task 1, python echoes.
@@ -116,6 +204,58 @@ def test_slurm_script_gives_each_task_its_flags_and_passes_shellcheck(tmp_path):
                         env=env).stdout.splitlines()
   assert argv == ["-m", "zppo_jax.train", *train, "--coordinator_address=node-a:12321",
                   "--num_processes=2", "--process_id=1"]
+
+
+def _slurm(*args):
+  return subprocess.run([sys.executable, os.path.join(LAUNCH, "slurm.py"), "--dry-run", *args],
+                        capture_output=True, text=True)
+
+
+def test_slurm_rejects_lines_and_bad_numbers_naming_the_flag():
+  hostile = 'x\nrm -rf "$HOME" #'
+  cases = [(flag, hostile, r"contains the non-printable character '\n'")
+           for flag in ("--job-name", "--time", "--output", "--partition", "--account", "--repo",
+                        "--venv")]
+  cases += [("--job-name", "a\rb", r"non-printable character '\r'"),
+            ("--account", "a\x1b[2Kb", r"non-printable character '\x1b'"),
+            ("--nodes", "0", "must be >= 1, got 0"), ("--nodes", "-2", "must be >= 1, got -2"),
+            ("--gpus-per-node", "-1", "must be >= 0, got -1"),
+            ("--cpus-per-task", "0", "must be >= 1, got 0"),
+            ("--cpus-per-task", "-4", "must be >= 1, got -4"),
+            ("--grace", "-1", "must be in 0..65535, got -1"),
+            ("--grace", "70000", "must be in 0..65535, got 70000"),
+            ("--port", "99999999", "must be in 1..65535, got 99999999"),
+            ("--port", "0", "must be in 1..65535, got 0"),
+            ("--port", "12e3", "invalid integer value: '12e3'")]
+  for flag, value, error in cases:
+    args = [] if flag == "--nodes" else ["--nodes", "1"]
+    bad = _slurm(*args, flag, value, "--", "--workdir", "/w")
+    assert bad.returncode == 2 and not bad.stdout, (flag, value)
+    message = bad.stderr.splitlines()[-1]
+    assert message.startswith(f"slurm.py: error: argument {flag}: ") and message.endswith(error)
+  bad = _slurm("--nodes", "1", "--", "--workdir", hostile)
+  assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
+      "slurm.py: error: trainer argument (after --): 'x\\nrm -rf \"$HOME\" #' contains the "
+      "non-printable character '\\n'")
+  assert _slurm("--nodes", "1", "--gpus-per-node", "0", "--grace", "0", "--port", "65535",
+                "--", "--workdir", "/w").returncode == 0  # the bounds themselves are fine
+
+
+def test_slurm_directive_values_add_no_option():
+  values = {"job-name": "a --account=other", "output": "/shared/my runs/#1 \"q\" 'x' \\y-%j.log",
+            "time": "1-00:00:00"}
+  out = _slurm("--nodes", "1", *[a for k, v in values.items() for a in (f"--{k}", v)], "--",
+               "--workdir", "/w")
+  assert out.returncode == 0, out.stderr
+  # sbatch splits a directive like a shell: whitespace, quotes, backslashes, `#` comments
+  options = [shlex.split(line.removeprefix("#SBATCH"), comments=True)
+             for line in out.stdout.splitlines() if line.startswith("#SBATCH")]
+  assert all(len(o) == 1 for o in options), options
+  assert {o[0].split("=", 1)[0] for o in options} == {
+      "--job-name", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task",
+      "--time", "--output", "--signal"}
+  for key, value in values.items():
+    assert [f"--{key}={value}"] in options
 
 
 # ---------------------------------------------------------------------------- memory tool

@@ -3,6 +3,8 @@ mechanics all happen, and a killed run resumes to exactly the uninterrupted resu
 
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +14,7 @@ from zppo_jax import evaluate, metric_writer, run_config, sharding, train
 from zppo_jax.models import qwen3_5
 
 STEPS = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(workdir, steps=STEPS):
@@ -121,3 +124,21 @@ def test_held_out_evaluation_during_training_and_from_the_checkpoint(straight):
                                  Sampler(model_config, mesh=mesh))
   again = evaluate.metrics(evaluator.run(restored, config.seed), ())
   assert again == {k: v for k, v in evaluated[STEPS].items() if k.startswith("eval/")}
+
+
+def test_the_workdir_refuses_another_run_and_an_export_never_destroys_it(straight):
+  """The reported losses: another method in the same workdir, and `--export_only` pointed at
+  the workdir (which used to leave only the exported files)."""
+  workdir, lines, _ = straight
+  before = sorted(os.listdir(workdir))
+  other = _config(workdir)
+  other.zppo.bcq = other.zppo.ncq = False
+  with pytest.raises(ValueError, match=r"zppo.bcq: True -> False"):
+    train.Trainer(other, workdir)  # refused before any model is loaded
+  out = subprocess.run(
+      [sys.executable, "-m", "zppo_jax.train", "--config=configs/tiny.py",
+       f"--workdir={workdir}", "--export_only", f"--config.export.dir={workdir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode != 0 and "non-empty directory that no export wrote" in out.stderr
+  assert sorted(os.listdir(workdir)) == before
+  assert _metrics(workdir) == lines

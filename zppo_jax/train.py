@@ -480,9 +480,10 @@ class Trainer:
           qwen3_5.param_shardings(self.models.teacher_config, self.mesh))
     self.rows_multiple = cfg.micro_batches * sharding.shard_count("batch", self.mesh)
     d = config.data
+    self.data_errors = pipeline.ErrorCounter()  # complete once the dataset is made
     self.dataset = pipeline.make_dataset(
         open_data(config), batch_size=config.questions_per_step, seed=config.seed,
-        shuffle=d.shuffle, on_error=d.on_error)
+        shuffle=d.shuffle, on_error=d.on_error, errors=self.data_errors)
     self.data_iter = iter(self.dataset)
     self.buffer = replay_buffer.BufferState()
     self.step = 0
@@ -596,6 +597,7 @@ class Trainer:
                                 train_metrics)
     metrics.update(times)
     metrics["reformulate/skipped"], metrics["questions/too_long"] = unbuilt, too_long
+    metrics["data/skipped_rows"] = self.data_errors.skipped
     metrics["time/step"] = sum(times.values())
     graded = {k: v - graded[k] for k, v in rewards.TALLY.snapshot().items()}
     metrics["time/grade"] = graded["seconds"]  # within the rollout stages' times

@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 
 from zppo_jax.data import sources, synthetic
-from zppo_jax.data.records import DataError, Question, as_object, parse_row
+from zppo_jax.data.records import (DataError, Question, as_object, check_unique_ids, decode,
+                                   parse_row)
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = ("Answer with the letter of the correct option, and put the letter "
@@ -34,16 +35,18 @@ LETTERS = "ABCDEFGHIJKLMNOP"
 DEFAULT_LIMIT = 64  # synthetic sets only; file and TFDS sets are read whole unless limited
 
 
-def _plain(value):
-  """A TFDS record (bytes, numpy arrays, nested dicts) as JSON-like Python values."""
+def _plain(value, where: str, field: str = ""):
+  """A TFDS record (bytes, numpy arrays, nested dicts) as JSON-like Python values; `field`
+  (e.g. "choices.text") names bytes that are not UTF-8."""
   if isinstance(value, bytes):
-    return value.decode("utf-8")
+    return decode(value, f"{where}: field {field!r}")
   if isinstance(value, np.ndarray):
-    return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value.item())
+    return ([_plain(v, where, field) for v in value.tolist()] if value.ndim else
+            _plain(value.item(), where, field))
   if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
+    return [_plain(v, where, field) for v in value]
   if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
+    return {k: _plain(v, where, f"{field}.{k}" if field else k) for k, v in value.items()}
   if isinstance(value, np.generic):
     return value.item()
   return value
@@ -57,6 +60,14 @@ def _field(row: dict, names: tuple[str, ...], where: str, *, required: bool = Tr
     raise DataError(f"{where}: missing field {' / '.join(map(repr, names))} (fields present: "
                     f"{sorted(row)})")
   return None
+
+
+def _options(value, field: str, where: str) -> list[str]:
+  """Option texts from a list; anything else is a named DataError (not a TypeError later)."""
+  if not isinstance(value, list):
+    raise DataError(f"{where}: field {field!r} must be a list of options, got "
+                    f"{type(value).__name__}")
+  return [str(v) for v in value]
 
 
 def _multiple_choice(question: str, options: list[str]) -> str:
@@ -127,7 +138,7 @@ def math_dataset(row, where, index):
 def mmlu(row, where, index):
   """MMLU (cais/mmlu): `question`, `choices` (list of 4); gold = `answer`, the index of the
   right choice (or its letter); id = `subject`/row index."""
-  options = [str(o) for o in _field(row, ("choices",), where)]
+  options = _options(_field(row, ("choices",), where), "choices", where)
   return Question(id=f"{row.get('subject', 'mmlu')}/{index}",
                   question=_multiple_choice(_field(row, ("question",), where), options),
                   answer=_letter(_field(row, ("answer",), where), options, where),
@@ -137,7 +148,7 @@ def mmlu(row, where, index):
 def mmlu_pro(row, where, index):
   """MMLU-Pro (TIGER-Lab/MMLU-Pro): `question`, `options` (up to 10); gold = `answer` (a
   letter) or `answer_index`; id = `question_id`."""
-  options = [str(o) for o in _field(row, ("options",), where)]
+  options = _options(_field(row, ("options",), where), "options", where)
   answer = _field(row, ("answer", "answer_index"), where)
   return Question(id=str(row.get("question_id", index)),
                   question=_multiple_choice(_field(row, ("question",), where), options),
@@ -150,7 +161,8 @@ def arc(row, where, index):
   choices = _field(row, ("choices",), where)
   if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
     raise DataError(f"{where}: field 'choices' must hold 'text' and 'label' lists")
-  options, labels = [str(t) for t in choices["text"]], [str(lab) for lab in choices["label"]]
+  options = _options(choices["text"], "choices.text", where)
+  labels = _options(choices["label"], "choices.label", where)
   return Question(id=str(row.get("id", index)),
                   question=_multiple_choice(_field(row, ("question",), where), options),
                   answer=_letter(_field(row, ("answerKey",), where), options, where, labels),
@@ -172,6 +184,7 @@ class FormattedSource:
     if fmt not in FORMATS:
       raise ValueError(f"unknown benchmark format {fmt!r}; formats: {sorted(FORMATS)}")
     self.source, self.format = source, FORMATS[fmt]
+    self.origin = f"{getattr(source, 'origin', 'a source')} read as {fmt}"
 
   def __len__(self):
     return len(self.source)
@@ -184,7 +197,7 @@ class FormattedSource:
 
   def parse(self, item, where: str) -> Question:
     index, raw = item
-    return self.format(_plain(as_object(raw, where)), where, index)
+    return self.format(_plain(as_object(raw, where), where), where, index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,5 +276,7 @@ def load(bench: Benchmark, *, level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_di
     source = sources.open_source(bench.source)
   formatted = FormattedSource(source, fmt)
   count = min(limit, len(formatted)) if limit else len(formatted)
-  return [formatted.parse(*formatted[i]) for i in range(count)]
+  questions = [formatted.parse(*formatted[i]) for i in range(count)]
+  check_unique_ids((q.id for q in questions), lambda i: formatted[i][1])  # results are by id
+  return questions
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable, Iterable
 
 
 class DataError(ValueError):
@@ -28,13 +28,27 @@ def _strings(value, field, where) -> tuple[str, ...]:
   return tuple(value)
 
 
+def decode(value: bytes, what: str) -> str:
+  """UTF-8 bytes as text (a byte-order mark, as some editors write, is dropped); other bytes
+  are a DataError naming `what` (the row, and the field if any), so they can be skipped."""
+  try:
+    return value.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{what}: not valid UTF-8 (byte {value[e.start]:#04x} at offset "
+                    f"{e.start})") from None
+
+
 def as_object(row: Any, where: str, expected: str = "an object") -> dict:
   """A row as a dict: a JSON line is decoded; anything but an object is a named error."""
-  if isinstance(row, (bytes, str)):
+  if isinstance(row, bytes):
+    row = decode(row, where)
+  if isinstance(row, str):
     try:
       row = json.loads(row)
     except json.JSONDecodeError as e:
       raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+      raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
   if not isinstance(row, dict):
     raise DataError(f"{where}: expected {expected}, got {type(row).__name__}")
   return row
@@ -47,7 +61,7 @@ def parse_row(row: Any, where: str) -> Question:
   row = as_object(row, where, "an object with fields id, question, answer")
   missing = [k for k in ("id", "question", "answer") if row.get(k) in (None, "")]
   if missing:
-    raise DataError(f"{where}: missing field(s) {missing}")
+    raise DataError(f"{where}: missing field(s) {missing} (fields present: {sorted(row)})")
   if not isinstance(row["question"], str):
     raise DataError(f"{where}: field 'question' must be a string")
   answer = row["answer"]
@@ -57,3 +71,15 @@ def parse_row(row: Any, where: str) -> Question:
                   choices=_strings(row.get("choices"), "choices", where),
                   teacher_responses=_strings(row.get("teacher_responses"), "teacher_responses",
                                              where))
+
+
+def check_unique_ids(ids: Iterable[str], where: Callable[[int], str]):
+  """Raises a DataError naming the first id that two rows share, and both rows (`where(i)`
+  names the row of the i-th id): the replay buffer and evaluation results are keyed by id,
+  so two questions under one id would be mixed up."""
+  first: dict[str, int] = {}
+  for i, qid in enumerate(ids):
+    j = first.setdefault(qid, i)
+    if j != i:
+      raise DataError(f"{where(i)}: id {qid!r} is also the id of {where(j)}; question ids "
+                      "must be unique")

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from zppo_jax.data.records import DataError, Question, parse_row
+from zppo_jax.data.records import DataError, Question, decode, parse_row
 from zppo_jax.rewards import extract_boxed
 
 
@@ -20,7 +20,7 @@ class JsonlSource:
   def __init__(self, path: str):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"dataset file {path} does not exist")
-    self.path = path
+    self.path, self.origin = path, f"dataset file {path}"  # origin: the source in errors
     offsets, lines, position = [], [], 0
     with open(path, "rb") as f:
       for number, line in enumerate(f, start=1):
@@ -48,7 +48,7 @@ class ParquetSource:
     import pyarrow.parquet as pq
     if not os.path.isfile(path):
       raise FileNotFoundError(f"dataset file {path} does not exist")
-    self.path = path
+    self.path, self.origin = path, f"dataset file {path}"
     self._table = pq.read_table(path)
 
   def __len__(self):
@@ -83,8 +83,8 @@ TFDS_PRESETS = {
 }
 
 
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def _text(value, field: str, where: str) -> str:
+  return decode(value, f"{where}: field {field!r}") if isinstance(value, bytes) else str(value)
 
 
 class TfdsSource:
@@ -109,6 +109,7 @@ class TfdsSource:
       raise ValueError(f"TFDS {name}: answer_format must be one of {sorted(ANSWER_FORMATS)}, "
                        f"got {answer_format!r}")
     self.name, self.split, self.id_field, self.choices_field = name, split, id_field, choices_field
+    self.origin = f"TFDS dataset {name!r} split {split!r}"
     self._answer = ANSWER_FORMATS[answer_format]
     try:
       self._data = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
@@ -137,15 +138,16 @@ class TfdsSource:
     """A `Question` from a (index, record) pair; the pipeline calls this instead of
     `parse_row`, so a record without a usable answer is named or skipped like any bad row."""
     index, record = item
+    text = {f: _text(record[f], f, where) for f in (self.question_field, self.answer_field,
+                                                    self.id_field) if f}
     try:
-      answer = self._answer(_text(record[self.answer_field]))
+      answer = self._answer(text[self.answer_field])
     except ValueError as e:
       raise DataError(f"{where}: field {self.answer_field!r}: {e}") from None
-    row = {"id": _text(record[self.id_field]) if self.id_field else
-                 f"{self.name}/{self.split}/{index}",
-           "question": _text(record[self.question_field]), "answer": answer}
+    row = {"id": text[self.id_field] if self.id_field else f"{self.name}/{self.split}/{index}",
+           "question": text[self.question_field], "answer": answer}
     if self.choices_field:
-      row["choices"] = [_text(c) for c in record[self.choices_field]]
+      row["choices"] = [_text(c, self.choices_field, where) for c in record[self.choices_field]]
     return parse_row(row, where)
 
 
