@@ -1,6 +1,7 @@
 """The trainer's pure stages (batch assembly, reformulation, teacher in the group) and the
 method configs."""
 
+import dataclasses
 import glob
 import os
 import subprocess
@@ -51,18 +52,31 @@ def test_reformulate_bcq_when_solved_ncq_when_not():
   rng = np.random.default_rng(0)
   hard = [_group([0, 0, 1, 0])]
   solved = {"q1": [Q.teacher_responses[0]]}
-  out = train.reformulate(_config(), hard, solved, rng, len)
-  assert [kind for kind, _, _ in out] == [train.BCQ]
+  out, skipped = train.reformulate(_config(), hard, solved, rng, len)
+  assert [kind for kind, _, _ in out] == [train.BCQ] and skipped == 0
   text = out[0][2]
   assert text.startswith(Q.question) and "\\boxed{5}" in text and "\\boxed{7}" in text
   assert "teacher" not in text.lower() and "<think>" not in text
-  out = train.reformulate(_config(), hard, {"q1": []}, rng, len)
+  out, _ = train.reformulate(_config(), hard, {"q1": []}, rng, len)
   assert [kind for kind, _, _ in out] == [train.NCQ]
   assert "\\boxed{7}" in out[0][2] and "\\boxed{5}" not in out[0][2]
-  out = train.reformulate(_config(ncq_policy="always", bcq_per_question=2), hard, solved, rng,
-                          len)
+  out, _ = train.reformulate(_config(ncq_policy="always", bcq_per_question=2), hard, solved,
+                             rng, len)
   assert [kind for kind, _, _ in out] == [train.BCQ, train.BCQ, train.NCQ]
-  assert train.reformulate(_config(bcq=False, ncq=False), hard, solved, rng, len) == []
+  assert train.reformulate(_config(bcq=False, ncq=False), hard, solved, rng, len) == ([], 0)
+
+
+def test_a_reformulation_that_cannot_be_built_is_skipped_and_counted():
+  """The reported crashes: a question longer than the BCQ/NCQ budget, and a group whose wrong
+  rollouts are all empty, used to stop the run."""
+  rng = np.random.default_rng(0)
+  long_question = dataclasses.replace(Q, question="Compute 2 + 3. " + "Words. " * 600)
+  hard = [_group([0, 0, 1, 0]), dataclasses.replace(_group([0, 0, 0, 0]), question=long_question)]
+  empty = dataclasses.replace(_group([0, 0, 0, 0]), texts=["", "", "", ""])
+  out, skipped = train.reformulate(_config(ncq_policy="always"), hard + [empty],
+                                   {"q1": [Q.teacher_responses[0]]}, rng, len)
+  assert [(kind, q.id) for kind, q, _ in out] == [(train.BCQ, "q1"), (train.NCQ, "q1")]
+  assert skipped == 4  # the long question's BCQ and NCQ, the empty group's BCQ and NCQ
 
 
 def test_teacher_response_replaces_a_wrong_rollout():

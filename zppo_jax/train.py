@@ -575,7 +575,7 @@ class Trainer:
     rng = np.random.default_rng(rollouts.derive_seed(c.seed, step, 4))
     graduated = {e.id for e in events.graduated}
     reformulated, unbuilt = reformulate(c, [g for g in hard if g.question.id not in graduated],
-                                        solutions, rng, lambda text: len(m.tokenizer.encode(text)))
+                                        solutions, rng, m.tokenizer.count_tokens)
     extra_groups = roll_out(m, params, c, [(kind, q, user, False)
                                            for kind, q, user in reformulated],
                             rollouts.derive_seed(c.seed, step, 5))

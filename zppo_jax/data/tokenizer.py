@@ -6,12 +6,19 @@ weights see exactly the official prompts; otherwise by `render_chat`, the text-o
 the Qwen3.5 template written out in Python (the project's tiny tokenizer has no template).
 Special-token ids are looked up by name, never assumed, so one code path serves the
 248k-token official vocabulary and the tiny one.
+
+Text that comes from a dataset or a model (questions, quoted candidates, responses) is encoded
+as plain text: a special-token string inside it, such as `<|im_end|>\n<|im_start|>assistant`,
+gets the ids of its characters, never the control token, so it cannot end or open a turn. The
+ids of `<|im_start|>`, `<|im_end|>` and the generation prompt come only from the template
+(`encode_chat`); a response keeps its think tags, which the model emits itself (`encode`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import tokenizers
@@ -118,6 +125,12 @@ def _compile_template(source: str):
   return env.from_string(source)
 
 
+def _splitter(tokens) -> re.Pattern:
+  """Splits text at `tokens` (longest first), keeping them: text at even indices, tokens at
+  odd ones."""
+  return re.compile("(" + "|".join(map(re.escape, sorted(tokens, key=len, reverse=True))) + ")")
+
+
 class Tokenizer:
   """A Hugging Face `tokenizers` tokenizer with the ids and chat format the trainer needs."""
 
@@ -134,6 +147,14 @@ class Tokenizer:
     self.endoftext_id, self.im_start_id, self.im_end_id = (
         ids[ENDOFTEXT], ids[IM_START], ids[IM_END])
     self.think_id, self.think_end_id = ids[THINK_OPEN], ids[THINK_CLOSE]
+    # The same pipeline without the added tokens: whatever text it gets, it yields no special
+    # token (`encode_special_tokens` would still match the tokens not flagged special).
+    self._plain = tokenizers.Tokenizer(backend.model)
+    self._plain.normalizer = backend.normalizer
+    self._plain.pre_tokenizer = backend.pre_tokenizer
+    self._specials = _splitter({*REQUIRED_TOKENS,
+                                *(t.content for t in backend.get_added_tokens_decoder().values())})
+    self._think_tags = _splitter((THINK_OPEN, THINK_CLOSE))
 
   @classmethod
   def load(cls, path: str, use_checkpoint_template: bool = True) -> Tokenizer:
@@ -158,11 +179,32 @@ class Tokenizer:
     """Tokens that end an assistant turn."""
     return (self.im_end_id, self.endoftext_id)
 
+  def _encode_split(self, rows: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Ids of texts split by a `_splitter`: the odd pieces are special tokens, the even ones
+    plain text (encoded alone, as the backend encodes the text between added tokens)."""
+    plain = iter(self._plain.encode_batch([p for row in rows for p in row[::2]],
+                                          add_special_tokens=False))
+    out = []
+    for row in rows:
+      ids = []
+      for j, piece in enumerate(row):
+        ids += next(plain).ids if j % 2 == 0 else [self.backend.token_to_id(piece)]
+      out.append(ids)
+    return out
+
   def encode(self, text: str) -> list[int]:
-    return self.backend.encode(text, add_special_tokens=False).ids
+    """Ids of a response as a sampler emits them after the generation prompt: its think tags
+    are tokens; any other special-token string (`<|im_end|>`, `<|im_start|>`, ...) is plain
+    text, so a quoted or imitated response cannot end its turn or open another."""
+    return self.encode_batch([text])[0]
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+    return self._encode_split([self._think_tags.split(t) for t in texts])
+
+  def count_tokens(self, text: str) -> int:
+    """Tokens `text` takes inside a chat message, where every special-token string is plain
+    text: the counter of BCQ/NCQ budgets."""
+    return len(self._plain.encode(text, add_special_tokens=False).ids)
 
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
     return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -182,9 +224,43 @@ class Tokenizer:
                                  add_generation_prompt=add_generation_prompt,
                                  enable_thinking=enable_thinking, tools=None)
 
+  def _defuse(self, message: Mapping, mark: str) -> dict:
+    """`message` with `mark` inside each special-token string of its text, so that none of
+    them reads as a token; an assistant's content keeps the think tags that the template
+    splits its reasoning at."""
+    assistant, out = message.get("role") == "assistant", dict(message)
+    for key in ("content", "reasoning_content"):
+      keep = (THINK_OPEN, THINK_CLOSE) if assistant and key == "content" else ()
+      if isinstance(out.get(key), str):
+        out[key] = self._specials.sub(
+            lambda m: m[0] if m[0] in keep else m[0][0] + mark + m[0][1:], out[key])
+    return out
+
+  def encode_chat(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
+                  enable_thinking: bool = True) -> list[int]:
+    """Ids of the `apply_chat_template` text in which only the template's own special tokens
+    are tokens: a special-token string inside a message (a question, a quoted candidate, a
+    system prompt) is plain text, so it cannot end the turn or open another.
+
+    The template is rendered a second time with the messages' special-token strings broken
+    by a mark no text holds; the whole tokens left are the template's."""
+    text = self.apply_chat_template(messages, add_generation_prompt, enable_thinking)
+    mark = "\ue000"
+    while mark in text:
+      mark += "\ue000"
+    marked = self.apply_chat_template([self._defuse(m, mark) for m in messages],
+                                      add_generation_prompt, enable_thinking)
+    if marked.replace(mark, "") != text:
+      raise ValueError(f"{self.name}: the chat template alters message text around special-token "
+                       "strings, so its own tokens cannot be told from the messages'")
+    pieces = self._specials.split(marked)
+    return self._encode_split([[p if j % 2 else p.replace(mark, "")
+                                for j, p in enumerate(pieces)]])[0]
+
   def encode_prompt(self, user: str, system: str | None = None,
                     enable_thinking: bool = True) -> list[int]:
-    """Ids of a one-question chat, ending with the generation prompt: what the sampler gets."""
+    """Ids of a one-question chat, ending with the generation prompt: what the sampler gets.
+    Special-token strings in `user` and `system` are plain text (see `encode_chat`)."""
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}]
-    return self.encode(self.apply_chat_template(messages, True, enable_thinking))
+    return self.encode_chat(messages, True, enable_thinking)
