@@ -208,3 +208,13 @@ def test_save_replaces_a_previous_export_whole_and_nothing_else(hf_text, tmp_pat
     qwen3_5.save_hf_checkpoint(path, config, params, source=path)
   (tmp_path / "empty").mkdir()
   qwen3_5.save_hf_checkpoint(str(tmp_path / "empty"), config, params)  # empty: fine
+
+
+@pytest.mark.parametrize("keep", [0, 5, 1000])
+def test_a_truncated_safetensors_file_is_named(broken, keep):
+  """A download or copy cut short used to give SafetensorError with no path at all."""
+  copy, _ = broken
+  file = copy / "model.safetensors"
+  file.write_bytes(file.read_bytes()[:keep])
+  with pytest.raises(qwen3_5.CheckpointError, match=f"{file} is not a readable safetensors"):
+    qwen3_5.load_hf_checkpoint(str(copy))

@@ -194,3 +194,13 @@ def test_an_unknown_config_field_on_the_command_line_is_one_line(tmp_path):
       "error: --config.buffer.capcity: the config has no field 'capcity' "
       "(did you mean 'capacity'?)")
   assert "Traceback" not in out.stderr
+
+
+def test_export_only_without_a_checkpoint_is_an_error(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "zppo_jax.train", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'run'}", "--export_only"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode != 0
+  assert "--export_only: no readable checkpoint in" in out.stderr
+  assert not (tmp_path / "run" / "export").exists()

@@ -801,7 +801,8 @@ def main(argv):
   if _EXPORT_ONLY.value:
     if trainer.step == 0:
       trainer.close()
-      raise app.UsageError(f"--export_only: no readable checkpoint in {_WORKDIR.value} to export")
+      raise SystemExit(f"error: --export_only: no readable checkpoint in {_WORKDIR.value} to "
+                       "export")
     print(trainer.export())
     trainer.close()
     return
