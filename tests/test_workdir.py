@@ -184,11 +184,13 @@ def test_settings_that_cannot_work_are_named_before_anything_is_loaded(changes, 
     train.validate(_config(**changes))
 
 
+def _train_cli(*args):
+  return subprocess.run([sys.executable, "-m", "zppo_jax.train", "--config=configs/tiny.py",
+                         *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
 def test_an_unknown_config_field_on_the_command_line_is_one_line(tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "zppo_jax.train", "--config=configs/tiny.py",
-       f"--workdir={tmp_path}", "--config.buffer.capcity=3"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  out = _train_cli(f"--workdir={tmp_path}", "--config.buffer.capcity=3")
   assert out.returncode != 0
   assert out.stderr.strip().splitlines()[-1] == (
       "error: --config.buffer.capcity: the config has no field 'capcity' "
@@ -197,10 +199,7 @@ def test_an_unknown_config_field_on_the_command_line_is_one_line(tmp_path):
 
 
 def test_export_only_without_a_checkpoint_is_an_error(tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "zppo_jax.train", "--config=configs/tiny.py",
-       f"--workdir={tmp_path / 'run'}", "--export_only"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+  out = _train_cli(f"--workdir={tmp_path / 'run'}", "--export_only")
   assert out.returncode != 0
   assert "--export_only: no readable checkpoint in" in out.stderr
   assert not (tmp_path / "run" / "export").exists()
