@@ -140,8 +140,7 @@ class Grader:
     verdicts = {pair: answers.match(*pair, self.conventions) for pair in pairs}
     undecided = [pair for pair, v in verdicts.items() if v is None]
     verdicts.update(zip(undecided, self._symbolic(undecided)))
-    TALLY.add(seconds=time.perf_counter() - start, answers=len(responses),
-              symbolic=len(undecided))
+    TALLY.add(seconds=time.perf_counter() - start, symbolic=len(undecided))
     return np.asarray([p is not None and bool(verdicts[p, g]) for p, g in zip(preds, golds)])
 
   def rewards(self, responses: Sequence[str], golds: Sequence[str]) -> np.ndarray:
@@ -192,12 +191,12 @@ _VERDICTS = _Memo(1 << 16)
 
 class Tally:
   """Running totals of this process's grading, for per-step metrics (`snapshot()` deltas):
-  seconds spent, answers graded, answer pairs sent to the symbolic check, and checks cut off
-  at their deadline."""
+  seconds spent, answer pairs sent to the symbolic check, and checks cut off at their
+  deadline."""
 
   def __init__(self):
     self._lock, self._totals = threading.Lock(), dict.fromkeys(
-        ("seconds", "answers", "symbolic", "timeouts"), 0)
+        ("seconds", "symbolic", "timeouts"), 0)
 
   def add(self, **amounts):
     with self._lock:
