@@ -141,7 +141,8 @@ def _fingerprints(started) -> list[str]:
 
 
 def _metrics(workdir):
-  return [{k: v for k, v in line.items() if not k.startswith(("time/", "throughput", "grade/"))}
+  return [{k: v for k, v in line.items()
+           if not k.startswith(("time/", "throughput", "grade/", "compile/"))}
           for line in metric_writer.read(os.path.join(workdir, "metrics.jsonl"))]
 
 

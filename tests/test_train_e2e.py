@@ -36,7 +36,7 @@ def _metrics(workdir):
 def _comparable(lines):
   """Everything but wall-clock figures and this host's grading counters."""
   return [{k: v for k, v in line.items()
-           if not k.startswith(("time/", "throughput/", "grade/"))}
+           if not k.startswith(("time/", "throughput/", "grade/", "compile/"))}
           for line in lines]
 
 

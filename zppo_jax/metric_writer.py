@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 from absl import logging
 
@@ -59,6 +60,12 @@ def _append_marker(path: str, step: int):
 RECORDS = ("samples", "reformulations")
 
 
+def tensorboard_tag(name: str) -> str:
+  """A metric name as a tag TensorBoard accepts ([A-Za-z0-9_./-]): `eval/x/avg@4` ->
+  `eval/x/avg_at_4` (metrics.jsonl keeps the name)."""
+  return re.sub(r"[^A-Za-z0-9_./-]", "_", name.replace("@", "_at_"))
+
+
 class MetricWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int = 0):
@@ -88,7 +95,7 @@ class MetricWriter:
     if self.tb is not None:
       for name, value in clean.items():
         if isinstance(value, float):
-          self.tb.add_scalar(name, value, step)
+          self.tb.add_scalar(tensorboard_tag(name), value, step)
 
   def _path(self, name: str) -> str:
     return os.path.join(self.workdir, f"{name}.jsonl")

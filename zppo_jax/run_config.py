@@ -72,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "zppo"             # a name for logs; behaviour comes from the fields below
   c.seed = 0
+  c.compile_cache = "default"   # persistent XLA cache: "default" (~/.cache/zppo_jax/xla), a
+                                # directory, or "" (off); JAX_COMPILATION_CACHE_DIR wins
   c.total_steps = 40            # optimizer steps of the run (`--config.total_steps=N`)
 
   c.student = dict(

@@ -24,6 +24,7 @@ the run after the current step with a checkpoint, exit status 0.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import time
@@ -35,7 +36,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zppo_jax import (checkpointing, evaluate, losses, multihost, prompts, replay_buffer,
+from zppo_jax import (checkpointing, compilation, evaluate, losses, multihost, prompts,
+                      replay_buffer,
                       rewards, rollouts, run_config, sharding)
 from zppo_jax import workdir as run_dir
 from zppo_jax import train_step as ts
@@ -454,6 +456,7 @@ class Trainer:
   def __init__(self, config, workdir: str, on_config_change: str = "refuse"):
     validate(config)
     run_dir.claim(workdir, config, on_config_change, write=jax.process_index() == 0)
+    compilation.enable_cache(config.compile_cache)
     self.config, self.workdir = config, workdir
     self.mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
     self.model_config, params = load_student(config, self.mesh)
@@ -598,6 +601,7 @@ class Trainer:
     metrics.update(times)
     metrics["reformulate/skipped"], metrics["questions/too_long"] = unbuilt, too_long
     metrics["data/skipped_rows"] = self.data_errors.skipped
+    metrics.update(compilation.COUNTS.metrics())  # cumulative: flat once every shape is seen
     metrics["time/step"] = sum(times.values())
     graded = {k: v - graded[k] for k, v in rewards.TALLY.snapshot().items()}
     metrics["time/grade"] = graded["seconds"]  # within the rollout stages' times
@@ -716,10 +720,13 @@ class Trainer:
     c = self.config
     writer = MetricWriter(self.workdir, tensorboard=c.log.tensorboard, start_step=self.step)
     bar = None
-    if c.log.progress and jax.process_index() == 0:
+    console = jax.process_index() == 0
+    if console and self.step:
+      print(f"resuming at step {self.step} from {self.checkpointer.directory}", flush=True)
+    if c.log.progress and console:
       import tqdm
       bar = tqdm.tqdm(total=c.total_steps, initial=self.step, desc=c.method, unit="step")
-    stopped = False
+    stopped, exported = False, None
     try:
       while self.step < c.total_steps:
         if self.sync.check(self.step, self.fingerprint() if jax.process_count() > 1 else ""):
@@ -738,9 +745,7 @@ class Trainer:
         self.save()
         if bar is not None:
           bar.update(1)
-          bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", buffer=metrics["buffer/size"],
-                          graduated=metrics["buffer/graduated_total"],
-                          tok_s=f"{metrics['throughput/sampled_tokens_per_s']:.0f}")
+          bar.set_postfix(_progress(metrics), refresh=True)
       if self.checkpointer.manager.latest_step() != self.step:
         self.save(force=True)
       self.checkpointer.wait()
@@ -752,13 +757,38 @@ class Trainer:
         logging.warning("stopped by a signal after %d steps, checkpointed: rerun the same "
                         "command to resume", self.step)
       elif c.export.at_end:
-        logging.info("exported the student to %s", self.export())
+        exported = self.export()
     finally:
       if bar is not None:
         bar.close()
       writer.close()
       self.close()
+    if console:
+      print(self._summary(exported), flush=True)
     return not stopped
+
+  def _summary(self, exported: str | None) -> str:
+    """Where a finished (or stopped) run's results are."""
+    lines = [f"{self.config.method}: {self.step}/{self.config.total_steps} steps in "
+             f"{self.workdir}",
+             f"  metrics      {os.path.join(self.workdir, 'metrics.jsonl')} (TensorBoard: "
+             f"{os.path.join(self.workdir, 'tensorboard')})",
+             f"  checkpoints  {self.checkpointer.directory} (newest: step "
+             f"{self.checkpointer.manager.latest_step()})"]
+    if exported:
+      lines.append(f"  export       {exported}")
+    evals = sorted(glob.glob(os.path.join(self.workdir, "eval", "step_*.md")))
+    if evals:
+      lines.append(f"  evaluation   {evals[-1]}")
+    return "\n".join(lines)
+
+
+def _progress(m: dict) -> dict[str, str]:
+  """The progress line's fields of a step's metrics."""
+  return {"reward": f"{m['reward/mean']:.3f}", "buffer": f"{m['buffer/size']:d}",
+          "adm/grad": f"{m['buffer/admitted']:d}/{m['buffer/graduated']:d}",
+          "bcq": f"{m['bcq/accuracy']:.2f}", "ncq": f"{m['ncq/accuracy']:.2f}",
+          "tok/s": f"{m['throughput/sampled_tokens_per_s']:.0f}"}
 
 
 def _flat(group: Group) -> bool:
@@ -797,6 +827,8 @@ def main(argv):
   multihost.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                        _PROCESS_ID.value)
   config = _CONFIG.value
+  if not flags.FLAGS["verbosity"].present:  # libraries' INFO lines only when asked for
+    logging.set_verbosity(logging.WARNING)
   trainer = Trainer(config, _WORKDIR.value, _ON_CONFIG_CHANGE.value)
   if _EXPORT_ONLY.value:
     if trainer.step == 0:
