@@ -67,6 +67,8 @@ def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
   # grading is timed within the step, and the tiny task's integer answers never need sympy
   assert all(0 < line["time/grade"] < line["time/step"] for line in lines)
   assert total("grade/timeouts") == 0
+  compiles = [line["compile/count"] for line in lines]  # cumulative, from jax.monitoring
+  assert compiles == sorted(compiles) and compiles[0] + lines[0]["compile/cache_hits"] > 0
   sample = metric_writer.read(os.path.join(workdir, "samples.jsonl"))[0]
   assert {"prompt", "response", "reward", "answer"} <= set(sample)
   assert os.listdir(os.path.join(workdir, "tensorboard"))

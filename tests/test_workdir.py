@@ -3,6 +3,7 @@ are moved aside; bad settings are named before anything expensive."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,6 +88,12 @@ def test_metrics_are_appended_never_truncated_and_torn_lines_are_skipped(tmp_pat
   metric_writer.MetricWriter(str(tmp_path), tensorboard=False, start_step=0)
   assert metric_writer.read(str(path)) == []
   assert '"loss": 20.0' in path.read_text()
+
+
+def test_tensorboard_tags_are_ones_tensorboard_accepts():
+  assert metric_writer.tensorboard_tag("eval/heldout/avg@4") == "eval/heldout/avg_at_4"
+  assert metric_writer.tensorboard_tag("buffer/admitted_total/0/8") == "buffer/admitted_total/0/8"
+  assert metric_writer.tensorboard_tag("a b:c") == "a_b_c"
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -200,6 +207,7 @@ def test_an_unknown_config_field_on_the_command_line_is_one_line(tmp_path):
 
 def test_export_only_without_a_checkpoint_is_an_error(tmp_path):
   out = _train_cli(f"--workdir={tmp_path / 'run'}", "--export_only")
+  assert not re.search(r"^I\d{4} ", out.stderr, re.M)  # no library INFO lines by default
   assert out.returncode != 0
   assert "--export_only: no readable checkpoint in" in out.stderr
   assert not (tmp_path / "run" / "export").exists()

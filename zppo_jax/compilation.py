@@ -22,16 +22,20 @@ def default_cache_dir() -> str:
 
 def enable_cache(directory: str) -> str | None:
   """Turns on JAX's persistent compilation cache in `directory` ("default": see
-  `default_cache_dir`; "": off) for every program, however quick to compile. A directory
-  set by the environment (JAX_COMPILATION_CACHE_DIR) is left as it is. Returns the one used."""
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  `default_cache_dir`; "": off) for every program, however quick to compile (unless the
+  environment sets those thresholds). A directory set by the environment
+  (JAX_COMPILATION_CACHE_DIR) wins over `directory`. Returns the directory used."""
+  directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory
   if not directory:
     return None
   directory = default_cache_dir() if directory == "default" else os.path.expanduser(directory)
   jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  for option, env in (("jax_persistent_cache_min_compile_time_secs",
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"),
+                      ("jax_persistent_cache_min_entry_size_bytes",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")):
+    if env not in os.environ:
+      jax.config.update(option, 0)
   return directory
 
 
