@@ -61,7 +61,8 @@ def _math_answer(rng) -> tuple[str, str, str]:
     n = int(rng.integers(10, 10**6))
     return f"{n:,}" if n >= 1000 else str(n), str(n), str(n + int(rng.integers(1, 9)))
   if kind == 1:
-    return f"\\frac{{{a}}}{{{a + b}}}", f"\\dfrac{{{2 * a}}}{{{2 * (a + b)}}}", f"\\frac{{{a + b}}}{{{a}}}"
+    return (f"\\frac{{{a}}}{{{a + b}}}", f"\\dfrac{{{2 * a}}}{{{2 * (a + b)}}}",
+            f"\\frac{{{a + b}}}{{{a}}}")
   if kind == 2:
     return f"{a / 4:g}", f"\\frac{{{a}}}{{4}}", f"{a / 4 + 0.5:g}"
   if kind == 3:
@@ -71,7 +72,8 @@ def _math_answer(rng) -> tuple[str, str, str]:
   if kind == 5:
     return f"[{a}, {a + b})", f"\\left[ {a}, {a + b} \\right)", f"({a}, {a + b})"
   if kind == 6:
-    return f"({a}, {b})", f"\\left( {a}, {b} \\right)", f"({b}, {a})" if a != b else f"({a}, {a + 1})"
+    return (f"({a}, {b})", f"\\left( {a}, {b} \\right)",
+            f"({b}, {a})" if a != b else f"({a}, {a + 1})")
   if kind == 7:
     return f"\\{{{a}, {b}, {c}\\}}", f"{c}, {b}, {a}", f"\\{{{a}, {b}\\}}"
   if kind == 8:

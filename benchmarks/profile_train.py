@@ -93,7 +93,8 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
       "model_load_s": timers.get("model load", 0.0), "setup_s": setup,
       "steps_s": timers.get("steps", 0.0),
       "phases_s": {k: sum(x.get(k, 0.0) for x in lines) for k in PHASES},
-      "evaluation_s": timers.get("evaluation", 0.0), "checkpoints_s": timers.get("checkpoints", 0.0),
+      "evaluation_s": timers.get("evaluation", 0.0),
+      "checkpoints_s": timers.get("checkpoints", 0.0),
       "export_s": timers.get("export", 0.0),
       "rest_of_run_s": run_wall - sum(timers.get(k, 0.0) for k in
                                       ("steps", "evaluation", "checkpoints", "export")),

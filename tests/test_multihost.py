@@ -86,8 +86,10 @@ def _free_port() -> int:
 def _start(workdir, processes: int) -> list[tuple[subprocess.Popen, str]]:
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // processes}"}
+  # --verbosity=0: the INFO lines, which hold each host's state fingerprint, are read below
   cmd = [sys.executable, "-m", "zppo_jax.train", "--config",
-         os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, *OVERRIDES]
+         os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, "--verbosity=0",
+         *OVERRIDES]
   port = _free_port()
   started = []
   for i in range(processes):

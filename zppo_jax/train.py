@@ -37,8 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from zppo_jax import (checkpointing, compilation, evaluate, losses, multihost, prompts,
-                      replay_buffer,
-                      rewards, rollouts, run_config, sharding)
+                      replay_buffer, rewards, rollouts, run_config, sharding)
 from zppo_jax import workdir as run_dir
 from zppo_jax import train_step as ts
 from zppo_jax.data import benchmarks, pipeline, sources, synthetic
@@ -553,8 +552,8 @@ class Trainer:
     while (c.dynamic_sampling.enabled and rounds < c.dynamic_sampling.max_rounds
            and sum(not _flat(g) for g in groups) < c.questions_per_step):
       rounds += 1
-      fitted, more = fit_questions(c, m.tokenizer, [(q, False) for q in next_batch(self.data_iter)],
-                                   self.max_prompt_tokens)
+      fitted, more = fit_questions(
+          c, m.tokenizer, [(q, False) for q in next_batch(self.data_iter)], self.max_prompt_tokens)
       too_long += more
       extra = [(ORIGINAL, q, q.question, False) for q, _ in fitted]
       groups += roll_out(m, params, c, extra,
