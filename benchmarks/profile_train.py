@@ -34,7 +34,8 @@ PHASES = ("time/rollout", "time/teacher", "time/grade", "time/reformulated_rollo
 
 
 def child(tree: str, workdir: str, train_args: list[str]) -> dict:
-  """Runs the trainer of `tree` in this process, timing its phases."""
+  """Runs the trainer of `tree` in this process, timing its phases. Compilations are counted
+  here, not by zppo_jax.compilation, which a previous commit may not have."""
   start = time.perf_counter()
   import jax
   from jax import monitoring

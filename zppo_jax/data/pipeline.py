@@ -21,13 +21,10 @@ import grain
 import jax
 import numpy as np
 
-from zppo_jax.data import synthetic
 from zppo_jax.data.records import DataError, check_unique_ids, parse_row
 
 ON_ERROR = ("raise", "skip")
 LOGGED_ROWS = 10  # skipped rows logged one by one; the rest only in the summary
-# Valid rows with unique ids by construction (the row index is in the id): never scanned.
-GENERATED = (synthetic.ArithmeticSource, synthetic.TransferSource)
 
 
 @dataclasses.dataclass
@@ -113,7 +110,8 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
                      f"{shard_count} processes (questions_per_step must be a multiple)")
   to_question = getattr(source, "parse", parse_row)  # sources with their own record format
 
-  ds = (grain.MapDataset.range(len(source)) if isinstance(source, GENERATED) else
+  ds = (grain.MapDataset.range(len(source))
+        if getattr(source, "valid_by_construction", False) else
         grain.MapDataset.source(usable_rows(source, on_error=on_error, errors=errors)))
   if shuffle:
     ds = ds.seed(seed).shuffle()

@@ -84,6 +84,8 @@ def _weights(level_weights) -> np.ndarray:
 class _Rows:
   """Random access to rows that are pure functions of (seed, index)."""
   kind = ""
+  # Every row parses and its id holds its index: the pipeline need not scan these sources.
+  valid_by_construction = True
 
   def __init__(self, size: int, seed: int):
     if size < 1:
