@@ -34,8 +34,12 @@ def get_config(arg=None):
   c.buffer.update(capacity=32, replay_per_step=4)
   c.rollout.max_new_tokens = 128
   c.teacher.max_new_tokens = 128
-  c.zppo.update(max_prompt_tokens=384, max_candidate_tokens=128, max_ncq_responses=3)
+  # 368 + the chat template's 10 tokens + 128 new: the longest row fills a 512-token chunk
+  c.zppo.update(max_prompt_tokens=368, max_candidate_tokens=128, max_ncq_responses=3)
   c.eval.update(benchmarks=("heldout=synthetic:heldout;limit=128",
                             "transfer=synthetic:transfer;limit=64"), every=10)
-  c.train.remat = "full"    # on CPU recomputing is faster than storing (memory-bound)
+  # CPU settings (benchmarks/RESULTS.md, issue 19): float32 (bfloat16 is emulated on CPU),
+  # no rematerialisation, short delta-rule chunks, and small chunks of rows and lengths.
+  c.train.update(compute_dtype="float32", remat="none", delta_chunk_size=32, chunk_rows=16,
+                 length_bucket=64)
   return c

@@ -28,19 +28,18 @@ def test_group_advantages_by_hand():
   assert losses.zero_variance_groups(jnp.zeros((2, 8))).tolist() == [True, True]
 
 
-def test_token_weights_by_hand():
-  mask = jnp.array([[1.0, 1, 0], [1, 0, 0]])
-  np.testing.assert_allclose(losses.token_weights(mask, "token_mean"),
-                             [[1 / 3, 1 / 3, 0], [1 / 3, 0, 0]])
-  np.testing.assert_allclose(losses.token_weights(mask, "sequence_mean"),
-                             [[1 / 4, 1 / 4, 0], [1 / 2, 0, 0]])
-  np.testing.assert_allclose(losses.token_weights(mask, "constant", max_tokens=4),
-                             [[1 / 8, 1 / 8, 0], [1 / 8, 0, 0]])
+def test_row_weights_by_hand():
+  counts = [2, 1]  # loss tokens of two rows
+  np.testing.assert_allclose(losses.row_weights(counts, "token_mean", 0), [1 / 3, 1 / 3])
+  np.testing.assert_allclose(losses.row_weights(counts, "sequence_mean", 0), [1 / 4, 1 / 2])
+  np.testing.assert_allclose(losses.row_weights(counts, "constant", 4), [1 / 8, 1 / 8])
   # an empty row neither divides by zero nor counts as a sequence
-  np.testing.assert_allclose(
-      losses.token_weights(jnp.array([[1.0, 1], [0, 0]]), "sequence_mean"), [[.5, .5], [0, 0]])
+  np.testing.assert_allclose(losses.row_weights([2, 0], "sequence_mean", 0), [.5, 1])
+  # token weights (count x weight) sum to 1 for the means
+  for mode in ("token_mean", "sequence_mean"):
+    assert np.isclose(np.sum(np.array([3, 5, 1]) * losses.row_weights([3, 5, 1], mode, 0)), 1)
   with pytest.raises(ValueError, match="aggregation must be one of"):
-    losses.token_weights(mask, "sum")
+    losses.row_weights(counts, "sum", 0)
 
 
 def test_clipped_surrogate_by_hand():
@@ -72,7 +71,7 @@ def test_masked_tokens_get_exactly_zero_gradient_even_with_garbage():
            "teacher_logprobs": jnp.array([[-1.0, -2.5, -jnp.inf, 1e30]]),
            "teacher_topk_logprobs": jnp.array([[[-.1, -3], [-.2, -2], [-jnp.inf, 0], [1e30, 0]]])}
   cfg = _cfg(beta=0.1, correction="truncate", forward_kl=0.5)
-  weights = losses.token_weights(mask, "token_mean")
+  weights = mask * losses.row_weights(mask.sum(1), "token_mean", 0)[:, None]
 
   for name, loss in losses.POLICY_LOSSES.items():
     def total(lp):
@@ -91,7 +90,7 @@ def test_zero_variance_group_gives_exactly_zero_gradient():
   batch = {"loss_mask": jnp.ones((8, 3)), "advantages": adv,
            "old_logprobs": jnp.full((8, 3), -1.1)}  # ratio 1.1: inside the clip range
   logp = jnp.full((8, 3), -1.0)
-  weights = losses.token_weights(batch["loss_mask"], "token_mean")
+  weights = batch["loss_mask"] * losses.row_weights([3] * 8, "token_mean", 0)[:, None]
   grad = jax.grad(lambda lp: jnp.sum(weights * losses.grpo({"logprobs": lp}, batch, _cfg())[0])
                   )(logp)
   assert np.all(grad[:4] == 0.0)

@@ -26,20 +26,28 @@ def _group(rewards, kind=train.ORIGINAL, prompt=(1, 2, 3)):
                      [False] * len(rewards), texts, rewards, np.zeros(len(rewards), bool))
 
 
-def test_make_batch_trains_only_on_completions():
+def test_train_rows_carry_completions_and_advantages():
   groups = [_group([1, 0, 0]), _group([0, 1, 1], kind=train.BCQ, prompt=(4, 5))]
   adv = [np.array([1.0, -0.5, -0.5]), np.array([-1.0, 0.5, 0.5])]
-  batch = train.make_batch(groups, adv, rows_multiple=4, pad_id=0)
-  assert batch["tokens"].shape == (8, 128)  # 6 rows -> 8 (power of two, multiple of 4)
-  # row 0: prompt (1, 2, 3) then completion [10, 10]; loss only on the completion
-  np.testing.assert_array_equal(batch["tokens"][0, :5], [1, 2, 3, 10, 10])
-  np.testing.assert_array_equal(batch["loss_mask"][0, :6], [0, 0, 0, 1, 1, 0])
-  np.testing.assert_array_equal(batch["attention_mask"][0, :6], [1, 1, 1, 1, 1, 0])
-  np.testing.assert_array_equal(batch["sampler_logprobs"][0, 3:5], [-1, -1])
-  np.testing.assert_array_equal(batch["loss_mask"][3, :2], [0, 0])  # BCQ prompt (4, 5)
-  assert batch["loss_mask"][3].sum() == 2
-  assert batch["loss_mask"][6:].sum() == 0 and batch["attention_mask"][6:].sum() == 0
-  np.testing.assert_array_equal(batch["advantages"][:6], [1, -0.5, -0.5, -1, 0.5, 0.5])
+  rows = train.train_rows(groups, adv)
+  assert [r.advantage for r in rows] == [1, -0.5, -0.5, -1, 0.5, 0.5]
+  assert list(rows[0].prompt) == [1, 2, 3] and list(rows[0].completion) == [10, 10]
+  assert list(rows[3].prompt) == [4, 5] and list(rows[3].logprobs) == [-1, -1]
+  assert not any(r.off_policy or r.truncated for r in rows)
+
+
+def test_sample_shapes_are_fixed_by_the_config():
+  """Sampler calls use a few row counts decided by the config, and BCQ/NCQ prompts one
+  prompt length that holds the budget and the chat template."""
+  c = _config()
+  c.update(questions_per_step=4)
+  c.buffer.replay_per_step = 4
+  c.zppo.update(max_prompt_tokens=368, bcq_per_question=1)
+  shapes = train.sample_shapes(c, prompt_overhead=10)
+  assert shapes["questions"]["rows"] == (2, 4, 8)
+  assert shapes["reformulated"] == {"rows": (4, 8, 16), "prompt_slots": 512}
+  assert train._call_shape(shapes["reformulated"], 5) == {"rows": 8, "prompt_slots": 512}
+  assert train._call_shape(shapes["questions"], 9)["rows"] == 0  # past the most: own bucket
 
 
 def _config(**zppo):

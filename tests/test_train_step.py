@@ -1,5 +1,5 @@
-"""The jitted train step: chunked log-probs, sharding equivalence, gradient accumulation,
-exact zeros, compiled memory."""
+"""The jitted train step: chunked log-probs, sharding equivalence, gradient accumulation over
+chunks of any length, exact zeros, compiled memory."""
 
 import functools
 import json
@@ -76,18 +76,19 @@ def _compiled(mesh_shape, cfg_json, axis_types):
                             axis_types=axis_types)
   optimizer = ts.make_optimizer(cfg.optimizer)
   shardings = ts.state_shardings(CONFIG, optimizer, mesh)
-  return mesh, optimizer, shardings, ts.jit_train_step(CONFIG, optimizer, cfg, mesh, shardings)
+  return mesh, optimizer, shardings, ts.TrainStep(CONFIG, optimizer, cfg, mesh, shardings)
 
 
-def _run(mesh_shape=(1, 1, 1), batch=None, axis_types="auto", **overrides):
-  """One step from the initial params on a mesh of the first prod(mesh_shape) devices:
-  (new state, metrics)."""
+def _run(mesh_shape=(1, 1, 1), batch=None, axis_types="auto", chunks=None, **overrides):
+  """One step from the initial params on a mesh of the first prod(mesh_shape) devices, on
+  the batch as one chunk (or on `chunks`): (new state, metrics)."""
   cfg = _cfg(**overrides)
   mesh, optimizer, shardings, step = _compiled(mesh_shape, cfg.to_json(), axis_types)
   state = ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0, shardings)
-  batch = _batch() if batch is None else batch
-  ts.check_batch(batch, mesh, cfg)
-  return step(state, batch)
+  chunks = chunks or [_batch() if batch is None else batch]
+  for chunk in chunks:
+    ts.check_batch(chunk, mesh)
+  return step(state, ts.weigh_rows(chunks, cfg.loss))
 
 
 def test_token_scores_match_full_logits():
@@ -134,10 +135,10 @@ def test_sharded_step_matches_one_device(mesh_shape, one_device):
 
 
 def test_explicit_sharding_mode_matches_one_device(one_device):
-  """On a mesh with JAX's explicit axes the same step (here with 2 micro-batches) gives the
+  """On a mesh with JAX's explicit axes the same step (here in 2 chunks) gives the
   one-device result, and the new params' types carry the rules' shardings."""
   ref_state, ref = one_device
-  state, metrics = _run((2, 2, 2), axis_types="explicit", micro_batches=2)
+  state, metrics = _run((2, 2, 2), axis_types="explicit", chunks=_cut(_batch(), [range(4), range(4, 8)]))
   for name in ("loss", "grad_norm", "ratio", "entropy", "sampler_weight"):
     np.testing.assert_allclose(metrics[name], ref[name], rtol=1e-4, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
@@ -147,14 +148,31 @@ def test_explicit_sharding_mode_matches_one_device(one_device):
   assert embed.spec == PartitionSpec("tensor", "fsdp")
 
 
-def test_gradient_accumulation_equals_one_big_batch():
-  """Four micro-batches of 2 rows give the step of one batch of 8, for a mean over
-  sequences (the aggregation most sensitive to how the batch is cut); float32, rtol 1e-4."""
+def _cut(batch, rows, trim=False):
+  """Chunks of the batch's rows (a list of row indices each); with `trim`, each chunk cut to
+  its longest row (the padding that length-grouped chunks save)."""
+  chunks = []
+  for index in rows:
+    chunk = {k: v[np.asarray(index)] for k, v in batch.items()}
+    if trim:
+      length = int(chunk["attention_mask"].sum(1).max())
+      chunk = {k: v[:, :length] if v.ndim > 1 else v for k, v in chunk.items()}
+    chunks.append(chunk)
+  return chunks
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
+def test_chunks_of_any_length_equal_one_big_batch(aggregation):
+  """The batch cut into chunks of 3, 3 and 2 rows, each cut to its own longest row (24, 21
+  and 18 tokens), gives the step of the whole padded batch, for every aggregation (the
+  weights come from all chunks); float32, rtol 1e-4."""
   cfg_loss = _cfg().loss
-  cfg_loss.aggregation = "sequence_mean"
-  kw = dict(batch=_batch(seed=2), loss=cfg_loss)
-  one_state, one = _run(micro_batches=1, **kw)
-  acc_state, acc = _run(micro_batches=4, **kw)
+  cfg_loss.update(aggregation=aggregation, max_tokens=16)
+  batch = _batch(seed=2)
+  one_state, one = _run(batch=batch, loss=cfg_loss)
+  chunks = _cut(batch, [[0, 3, 6], [1, 4, 7], [2, 5]], trim=True)
+  assert [c["tokens"].shape[1] for c in chunks] == [24, 21, 18]
+  acc_state, acc = _run(chunks=chunks, loss=cfg_loss)
   for name in ("loss", "grad_norm", "ratio", "entropy", "tokens"):
     np.testing.assert_allclose(acc[name], one[name], rtol=1e-4, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
@@ -195,13 +213,13 @@ def test_old_logprobs_from_score_give_ratio_one_then_move():
   shardings = ts.state_shardings(CONFIG, optimizer, mesh)
   state = ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0, shardings)
   scorer = ts.jit_score(CONFIG, cfg, mesh, shardings.params)
-  batch = _batch()
-  batch["old_logprobs"] = np.asarray(scorer(state.params, batch)["logprobs"])
+  batch = ts.weigh_rows([_batch()], cfg.loss)[0]
   batch = ts.shard_batch(batch, mesh)  # global arrays, each device its block
   assert batch["tokens"].sharding.spec == PartitionSpec(("data", "fsdp"))
-  step = ts.jit_train_step(CONFIG, optimizer, cfg, mesh, shardings)
-  state, first = step(state, batch)
-  state, second = step(state, batch)
+  batch["old_logprobs"] = scorer(state.params, batch)["logprobs"]
+  step = ts.TrainStep(CONFIG, optimizer, cfg, mesh, shardings)
+  state, first = step(state, [batch])
+  state, second = step(state, [batch])
   np.testing.assert_allclose(first["ratio"], 1.0, atol=1e-6)
   assert float(first["clip_fraction"]) == 0.0
   assert abs(float(second["ratio"]) - 1.0) > 1e-4
@@ -252,11 +270,14 @@ def test_learning_rate_schedules():
 
 def test_bad_batches_are_named():
   mesh = sharding.make_mesh((4, 1, 1), devices=jax.devices()[:4])
-  with pytest.raises(ValueError, match=r"does not split into micro_batches=3 times 4"):
-    ts.check_batch(_batch(), mesh, _cfg(micro_batches=3))
+  with pytest.raises(ValueError, match=r"batch of 6 rows does not split over the 4 batch"):
+    ts.check_batch(_cut(_batch(), [range(6)])[0], mesh)
   bad = _batch(advantages=np.zeros(5, np.float32))
   with pytest.raises(ValueError, match="batch field 'advantages' has 5 rows, tokens has 8"):
-    ts.check_batch(bad, mesh, _cfg())
+    ts.check_batch(bad, mesh)
+  step = _compiled((1, 1, 1), _cfg().to_json(), "auto")[3]
+  with pytest.raises(ValueError, match="no row_weights: pass the chunks through"):
+    step(None, [_batch()])
 
 
 def test_bfloat16_compute_tracks_float32():

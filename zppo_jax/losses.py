@@ -7,9 +7,9 @@ teacher response being imitated); prompt tokens, padding and teacher text inside
 prompts are 0.
 
 A loss is `sum(weights * per_token_loss)`, with `weights` fixed in advance from the whole
-batch's mask by the aggregation mode (`token_weights`). The loss is therefore a plain sum
-over tokens, so gradient accumulation over micro-batches is exact, and a masked token has
-weight 0 and gets exactly zero gradient.
+batch's loss-token counts by the aggregation mode (`row_weights`). The loss is therefore a
+plain sum over tokens, so accumulating gradients over chunks of the batch is exact, and a
+masked token has weight 0 and gets exactly zero gradient.
 
 Policy losses are chosen by name from `POLICY_LOSSES`; each is
 `fn(scores, batch, cfg) -> (per_token_loss [B, T], metrics {name: [B, T]})`, where `scores`
@@ -23,28 +23,30 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
 
 # ----------------------------------------------------------------------------- advantages
 
-def group_advantages(rewards: Array, scale_std: bool = True, eps: float = 1e-6) -> Array:
-  """rewards [num_groups, G] -> advantages [num_groups, G]: reward minus its group's mean,
-  divided by the group's std when `scale_std` (GRPO; Dr. GRPO leaves it out). A group whose
-  rewards are all equal gets exactly zero advantages, hence no gradient."""
-  rewards = jnp.asarray(rewards, jnp.float32)
+def group_advantages(rewards, scale_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+  """rewards [num_groups, G] -> advantages [num_groups, G] float32: reward minus its group's
+  mean, divided by the group's std when `scale_std` (GRPO; Dr. GRPO leaves it out). A group
+  whose rewards are all equal gets exactly zero advantages, hence no gradient. Host-side
+  (numpy): the number of groups changes every step, and a jitted op would compile for each."""
+  rewards = np.asarray(rewards, np.float64)
   centred = rewards - rewards.mean(axis=1, keepdims=True)
   if scale_std:
     centred = centred / (rewards.std(axis=1, keepdims=True) + eps)
-  return jnp.where(zero_variance_groups(rewards)[:, None], 0.0, centred)
+  return np.where(zero_variance_groups(rewards)[:, None], 0.0, centred).astype(np.float32)
 
 
-def zero_variance_groups(rewards: Array) -> Array:
+def zero_variance_groups(rewards) -> np.ndarray:
   """rewards [num_groups, G] -> [num_groups] bool: groups with nothing to learn from (all
   rollouts right, or all wrong: the hard questions ZPPO's buffer exists for)."""
-  rewards = jnp.asarray(rewards)
-  return jnp.all(rewards == rewards[:, :1], axis=1)
+  rewards = np.asarray(rewards)
+  return np.all(rewards == rewards[:, :1], axis=1)
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -52,24 +54,26 @@ def zero_variance_groups(rewards: Array) -> Array:
 AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 
 
-def token_weights(loss_mask: Array, mode: str, max_tokens: int | None = None) -> Array:
-  """[B, T] weights that turn per-token losses into the batch loss by a plain sum.
+def row_weights(counts, mode: str, max_tokens: int) -> np.ndarray:
+  """[N] loss-token counts of the batch's rows -> [N] weight of each loss token of each row,
+  so that the batch loss is a plain sum of weight * per-token loss, however the rows are cut
+  into chunks. Host-side (numpy), from the whole batch.
 
   token_mean:    every loss token of the batch counts the same (DAPO);
   sequence_mean: mean over each sequence's tokens, then over sequences (original GRPO);
-  constant:      divided by B * max_tokens whatever the lengths (Dr. GRPO), with
-                 `max_tokens` the generation budget (default: T).
+  constant:      divided by N * max_tokens whatever the lengths (Dr. GRPO), `max_tokens`
+                 the generation budget.
   """
-  mask = loss_mask.astype(jnp.float32)
+  counts = np.asarray(counts, np.float64)
   if mode == "token_mean":
-    return mask / jnp.maximum(mask.sum(), 1.0)
-  if mode == "sequence_mean":
-    per_row = jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-    rows = jnp.maximum((mask.sum(axis=1) > 0).sum(), 1)
-    return mask / per_row / rows
-  if mode == "constant":
-    return mask / (mask.shape[0] * (max_tokens or mask.shape[1]))
-  raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+    weights = np.full(counts.shape, 1.0 / max(counts.sum(), 1.0))
+  elif mode == "sequence_mean":
+    weights = 1.0 / np.maximum(counts, 1.0) / max(int((counts > 0).sum()), 1)
+  elif mode == "constant":
+    weights = np.full(counts.shape, 1.0 / (max(len(counts), 1) * max_tokens))
+  else:
+    raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+  return weights.astype(np.float32)
 
 
 def effective_mask(batch: dict, mask_truncated: bool) -> Array:

@@ -25,13 +25,15 @@ def prompt_ids(tok: Tokenizer, config, users: Sequence[str]) -> list[list[int]]:
 
 
 def sample(sampler, params, tokenizer, prompts, config, *, num_samples, seed, max_new_tokens,
-           temperature, top_p):
+           temperature, top_p, rows=0, prompt_slots=0):
   """(Completions, texts): `num_samples` completions of each prompt, prompt-major; each text
-  is the response as graded, the generation prefix (e.g. "<think>\\n") included."""
+  is the response as graded, the generation prefix (e.g. "<think>\\n") included. `rows` and
+  `prompt_slots`: the call's fixed shape (`Sampler.generate`)."""
   out = sampler.generate(params, prompts, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p,
                          num_samples=num_samples, seed=seed,
-                         stop_token_ids=tokenizer.stop_token_ids)
+                         stop_token_ids=tokenizer.stop_token_ids, rows=rows,
+                         prompt_slots=prompt_slots)
   prefix = GENERATION_PREFIX[config.rollout.enable_thinking]
   texts = [prefix + t for t in tokenizer.decode_batch(
       [c[:-1] if r != LENGTH else c for c, r in zip(out.tokens, out.finish_reason)])]

@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.compile_cache = "default"   # persistent XLA cache: "default" (~/.cache/zppo_jax/xla), a
                                 # directory, or "" (off); JAX_COMPILATION_CACHE_DIR wins
+  c.precompile = True           # compile every train chunk length the config allows at start
   c.total_steps = 40            # optimizer steps of the run (`--config.total_steps=N`)
 
   c.student = dict(
@@ -255,7 +256,7 @@ def _real_scale(c, size: str, root: str, mesh: str):
   c.student.dtype = "float32"                    # master weights; compute in bfloat16
   c.train.compute_dtype = "bfloat16"
   c.train.remat = "full"
-  c.train.micro_batches = 4
+  c.train.chunk_rows = 128                      # a multiple of every mesh's batch shards
   c.train.optimizer.update(learning_rate=1e-6, warmup_steps=10, total_steps=200,
                            schedule="constant")
   c.total_steps = 200

@@ -148,12 +148,15 @@ class Sampler:
 
   # -- sizes ---------------------------------------------------------------------------------
 
-  def shapes(self, num_prompts: int, prompt_len: int, max_new_tokens: int):
-    """(prompt rows B, prompt slots, new-token slots) that a call of these sizes runs with."""
-    rows = bucket(num_prompts, 1, what="batch")
+  def shapes(self, num_prompts: int, prompt_len: int, max_new_tokens: int,
+             rows: int = 0, prompt_slots: int = 0):
+    """(prompt rows B, prompt slots, new-token slots) that a call of these sizes runs with:
+    `rows` / `prompt_slots` when given and large enough, else the sizes' buckets."""
+    rows = rows if rows >= num_prompts else bucket(num_prompts, 1, what="batch")
     rows = -(-rows // self.batch_shards) * self.batch_shards
-    return (rows, bucket(prompt_len, self.min_prompt_bucket, self.prompt_buckets, "prompt length"),
-            bucket(max_new_tokens, self.min_new_bucket, what="max_new_tokens"))
+    slots = prompt_slots if prompt_slots >= prompt_len else bucket(
+        prompt_len, self.min_prompt_bucket, self.prompt_buckets, "prompt length")
+    return rows, slots, bucket(max_new_tokens, self.min_new_bucket, what="max_new_tokens")
 
   def cache_bytes(self, num_prompts: int, prompt_len: int, max_new_tokens: int,
                   num_samples: int = 1, dtype=jnp.bfloat16) -> int:
@@ -292,13 +295,15 @@ class Sampler:
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               num_samples: int = 1, seed: int = 0,
-               stop_token_ids: Sequence[int] = ()) -> Completions:
+               num_samples: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
+               rows: int = 0, prompt_slots: int = 0) -> Completions:
     """Samples `num_samples` completions of each prompt (see `Completions`).
 
     temperature 0 means greedy. The same seed and inputs give the same completions, and a
     row's samples depend only on (seed, prompt index, sample index), not on the batch size
-    or the padding.
+    or the padding. `rows` and `prompt_slots` pad the call to a shape the caller fixed in
+    advance (one compiled program for calls of varying size); a call they cannot hold
+    takes its own buckets instead.
     """
     c = self.config
     _check_prompts(prompts, c.vocab_size)
@@ -316,7 +321,7 @@ class Sampler:
       raise ValueError(f"seed must be in [0, 2**32), got {seed}")
 
     rows, prompt_slots, new_slots = self.shapes(len(prompts), max(map(len, prompts)),
-                                                max_new_tokens)
+                                                max_new_tokens, rows, prompt_slots)
     ids = np.zeros((rows, prompt_slots), np.int32)
     mask = np.zeros((rows, prompt_slots), np.int32)
     for i, p in enumerate(prompts):  # left padding: every prompt ends at the last slot

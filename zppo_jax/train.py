@@ -10,7 +10,7 @@ One step, as `../shared/ZPPO.md` describes it, each stage a function below:
                  precomputed responses); solved = at least one correct response
   buffer         admit / revisit / graduate / evict (`replay_buffer.update`)
   reformulate    BCQ and NCQ prompts for the hard questions; the student rolls out on them
-  make_batch     groups -> padded token arrays, advantages per group
+  train_rows     groups -> sequences with advantages, cut into fixed-shape chunks
   update         the jitted train step (`num_iterations` passes over the batch)
 and then metrics, samples, checkpoint. Rerunning the same command resumes from the newest
 readable checkpoint in the workdir.
@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zppo_jax import (checkpointing, compilation, evaluate, losses, multihost, prompts,
+from zppo_jax import (batching, checkpointing, compilation, evaluate, losses, multihost, prompts,
                       replay_buffer, rewards, rollouts, run_config, sharding)
 from zppo_jax import workdir as run_dir
 from zppo_jax import train_step as ts
@@ -48,7 +48,6 @@ from zppo_jax.models import qwen3_5
 from zppo_jax.sampler import LENGTH, Sampler, bucket
 
 ORIGINAL, BCQ, NCQ = "original", "bcq", "ncq"
-LENGTH_BUCKET = 128  # train sequences are padded to a multiple of this
 
 
 # ------------------------------------------------------------------------------ records
@@ -297,11 +296,35 @@ def fit_questions(config, tok: Tokenizer, pairs: Sequence[tuple[Question, bool]]
   return out, too_long
 
 
+def sample_shapes(config, prompt_overhead: int) -> dict[str, dict]:
+  """The shapes of the step's sampler calls, fixed by the config: prompt rows from a few
+  buckets (a quarter, half or all of the most a call can have: questions_per_step +
+  replay_per_step questions, and for BCQ/NCQ prompts as many as the hard ones can make),
+  and for BCQ/NCQ prompts the slots that hold zppo.max_prompt_tokens plus the chat template's
+  `prompt_overhead`. Varying counts then reuse a few compiled programs."""
+  z = config.zppo
+  questions = config.questions_per_step + (
+      config.buffer.replay_per_step if config.buffer.enabled else 0)
+  per_question = (z.bcq_per_question if z.bcq else 0) + (1 if z.ncq else 0)
+  buckets = lambda most: tuple(sorted({max(1, most // 4), max(1, most // 2), most}))
+  return {"questions": dict(rows=buckets(questions)),
+          "reformulated": dict(rows=buckets(questions * max(per_question, 1)),
+                               prompt_slots=bucket(z.max_prompt_tokens + prompt_overhead, 16))}
+
+
+def _call_shape(shape: dict | None, num_prompts: int) -> dict:
+  """`Sampler.generate`'s rows and prompt_slots for a call of `num_prompts` in `shape`."""
+  if not shape:
+    return {}
+  rows = [r for r in shape["rows"] if r >= num_prompts]
+  return {"rows": rows[0] if rows else 0, "prompt_slots": shape.get("prompt_slots", 0)}
+
+
 def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, bool]],
-             seed: int) -> list[Group]:
+             seed: int, shape: dict | None = None) -> list[Group]:
   """G student completions of each (kind, question, user message, replayed), graded against
-  the question's answer. With `distill.student_rollouts` off (pure SFT), groups carry only
-  their prompt."""
+  the question's answer, sampled in the fixed `shape` (`sample_shapes`). With
+  `distill.student_rollouts` off (pure SFT), groups carry only their prompt."""
   if not items:
     return []
   tok, g = models.tokenizer, config.rollout.group_size
@@ -312,7 +335,7 @@ def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, b
   out, texts = rollouts.sample(models.sampler, params, tok, prompt_ids, config, num_samples=g,
                                seed=seed, max_new_tokens=config.rollout.max_new_tokens,
                                temperature=config.rollout.temperature,
-                               top_p=config.rollout.top_p)
+                               top_p=config.rollout.top_p, **_call_shape(shape, len(items)))
   scores = rollouts.grade(texts, [q.answer for _, q, _, _ in items for _ in range(g)], config)
   groups = []
   for i, (kind, q, _, replayed) in enumerate(items):
@@ -323,8 +346,10 @@ def roll_out(models, params, config, items: Sequence[tuple[str, Question, str, b
   return groups
 
 
-def teacher_pass(models, config, hard: Sequence[Question], seed: int) -> dict[str, list[str]]:
-  """The teacher's *correct* responses to each hard question (empty: it cannot solve it)."""
+def teacher_pass(models, config, hard: Sequence[Question], seed: int,
+                 shape: dict | None = None) -> dict[str, list[str]]:
+  """The teacher's *correct* responses to each hard question (empty: it cannot solve it),
+  sampled in the fixed `shape` (`sample_shapes`)."""
   if config.teacher.source == "none" or not hard:
     return {}
   if config.teacher.source == "dataset":
@@ -337,7 +362,7 @@ def teacher_pass(models, config, hard: Sequence[Question], seed: int) -> dict[st
                                config, num_samples=n, seed=seed,
                                max_new_tokens=config.teacher.max_new_tokens,
                                temperature=config.teacher.temperature,
-                               top_p=config.rollout.top_p)
+                               top_p=config.rollout.top_p, **_call_shape(shape, len(hard)))
     responses = {q.id: texts[i * n:(i + 1) * n] for i, q in enumerate(hard)}
   pairs = [(r, q.answer) for q in hard for r in responses[q.id]]
   correct = iter(rollouts.grade([r for r, _ in pairs], [a for _, a in pairs], config) >= 1.0)
@@ -422,29 +447,11 @@ def distill_groups(config, groups: Sequence[Group], solutions, tok) -> list[Grou
   return out
 
 
-def make_batch(groups: Sequence[Group], advantages: Sequence[np.ndarray], rows_multiple: int,
-               pad_id: int) -> dict[str, np.ndarray]:
-  """Padded train batch: rows to a power of two (and a multiple of `rows_multiple`),
-  length to a multiple of 128, so the step compiles for few shapes. Padding rows and
-  prompt tokens have loss_mask 0."""
-  seqs = [(g.prompt, c, lp, tr, a, off) for g, adv in zip(groups, advantages)
+def train_rows(groups: Sequence[Group], advantages: Sequence[np.ndarray]) -> list[batching.Row]:
+  """The groups' sequences with their advantages, as the train step takes them."""
+  return [batching.Row(g.prompt, c, lp, float(a), bool(tr), bool(off))
+          for g, adv in zip(groups, advantages)
           for c, lp, tr, a, off in zip(g.completions, g.logprobs, g.truncated, adv, g.off_policy)]
-  rows = -(-bucket(len(seqs), rows_multiple) // rows_multiple) * rows_multiple
-  length = -(-max(len(p) + len(c) for p, c, *_ in seqs) // LENGTH_BUCKET) * LENGTH_BUCKET
-  batch = dict(tokens=np.full((rows, length), pad_id, np.int32),
-               attention_mask=np.zeros((rows, length), np.int32),
-               loss_mask=np.zeros((rows, length), np.float32),
-               sampler_logprobs=np.zeros((rows, length), np.float32),
-               advantages=np.zeros(rows, np.float32), truncated=np.zeros(rows, bool),
-               off_policy=np.zeros(rows, bool))
-  for r, (prompt, comp, logp, trunc, adv, off) in enumerate(seqs):
-    n, m = len(prompt), len(comp)
-    batch["tokens"][r, :n + m] = prompt + comp
-    batch["attention_mask"][r, :n + m] = 1
-    batch["loss_mask"][r, n:n + m] = 1
-    batch["sampler_logprobs"][r, n:n + m] = logp
-    batch["advantages"][r], batch["truncated"][r], batch["off_policy"][r] = adv, trunc, off
-  return batch
 
 
 # ------------------------------------------------------------------------------ the run
@@ -461,13 +468,15 @@ class Trainer:
     self.model_config, params = load_student(config, self.mesh)
     self.max_prompt_tokens = prompt_limit(config, self.model_config.max_position_embeddings)
     self.models = load_models(config, self.mesh, self.model_config, params)
+    self.prompt_overhead = len(rollouts.prompt_ids(self.models.tokenizer, config, [""])[0])
+    self.sample_shapes = sample_shapes(config, self.prompt_overhead)
     cfg = config.train
     self.optimizer = ts.make_optimizer(cfg.optimizer)
     self.shardings = ts.state_shardings(self.model_config, self.optimizer, self.mesh,
                                         param_dtype=jnp.dtype(config.student.dtype))
     self.state = ts.init_state(params, self.optimizer, config.seed, self.shardings)
-    self.step_fn = ts.jit_train_step(self.model_config, self.optimizer, cfg, self.mesh,
-                                     self.shardings)
+    self.step_fn = ts.TrainStep(self.model_config, self.optimizer, cfg, self.mesh,
+                                self.shardings)
     self.score_fn = ts.jit_score(self.model_config, cfg, self.mesh, self.shardings.params)
     # Rollouts sample in the compute dtype (bfloat16 at scale), as the train step scores:
     # one sharded cast per step, not float32 master weights in every decode step.
@@ -480,7 +489,12 @@ class Trainer:
       self.teacher_score_fn = ts.jit_score(
           self.models.teacher_config, cfg, self.mesh,
           qwen3_5.param_shardings(self.models.teacher_config, self.mesh))
-    self.rows_multiple = cfg.micro_batches * sharding.shard_count("batch", self.mesh)
+    shards = sharding.shard_count("batch", self.mesh)
+    if cfg.chunk_rows < 1 or cfg.chunk_rows % shards:
+      raise ValueError(f"config.train.chunk_rows={cfg.chunk_rows} must be a positive multiple "
+                       f"of the mesh's {shards} batch shards")
+    self.length_buckets = batching.length_buckets(self.model_config.max_position_embeddings,
+                                                  cfg.length_bucket)
     d = config.data
     self.data_errors = pipeline.ErrorCounter()  # complete once the dataset is made
     self.dataset = pipeline.make_dataset(
@@ -496,8 +510,45 @@ class Trainer:
     self.evaluator = (evaluate.Evaluator(config, self.models.tokenizer, self.models.sampler)
                       if config.eval.every else None)
     self._restore()
+    if config.precompile:
+      self.precompile()
     # From here on SIGTERM means "checkpoint and stop" (before, nothing would be lost).
     self.sync = multihost.StepSync()
+
+  # -- programs ------------------------------------------------------------------------------
+
+  def longest_row(self) -> int:
+    """The longest train row the config bounds: a BCQ/NCQ prompt (or a question, when
+    `rollout.max_prompt_tokens` is set) and the longest completion."""
+    c = self.config
+    prompt = max(c.zppo.max_prompt_tokens if (c.zppo.bcq or c.zppo.ncq) else 0,
+                 c.rollout.max_prompt_tokens) + self.prompt_overhead
+    teacher = c.teacher_in_group or c.train.loss.name == "off_policy_distill"
+    return prompt + max(c.rollout.max_new_tokens, c.teacher.max_new_tokens if teacher else 0)
+
+  def precompile(self):
+    """Compiles the train step's programs for every chunk length up to `longest_row`, so
+    that no step stops to compile one (or, with the persistent cache, loads them all)."""
+    spec = ts.batch_sharding(self.mesh)
+    chunk_rows = self.config.train.chunk_rows
+    longest = min(self.longest_row(), self.length_buckets[-1])
+    for length in self.length_buckets[:self.length_buckets.index(
+        batching.bucket_of(longest, self.length_buckets)) + 1]:
+      chunk = ts.weigh_rows(batching.make_chunks(
+          [batching.Row([0], [0] * (length - 1), [0.0] * (length - 1), 0.0)],
+          chunk_rows=chunk_rows, buckets=(length,), pad_id=0), self.config.train.loss, 1)[0]
+      chunk = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
+      self.step_fn.precompile(self.state.params, {**chunk, **self._scored_shapes(chunk)})
+
+  def _scored_shapes(self, chunk: dict) -> dict:
+    """The fields `_scored` adds to such a chunk."""
+    c = self.config
+    names = (["teacher_logprobs"] if c.train.loss.name == "on_policy_distill" else []) + (
+        ["ref_logprobs"] if self.models.ref_params is not None else []) + (
+        ["old_logprobs"] if c.num_iterations > 1 else [])
+    tokens = chunk["tokens"]
+    return {name: jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
+            for name in names}
 
   # -- checkpoints ---------------------------------------------------------------------------
 
@@ -546,8 +597,9 @@ class Trainer:
     params = self._sampling_params(self.state.params)
     batch_questions, too_long = fit_questions(
         c, m.tokenizer, questions(c, self.data_iter, self.buffer, step), self.max_prompt_tokens)
+    shapes = self.sample_shapes
     groups = roll_out(m, params, c, [(ORIGINAL, q, q.question, r) for q, r in batch_questions],
-                      rollouts.derive_seed(c.seed, step, 2))
+                      rollouts.derive_seed(c.seed, step, 2), shapes["questions"])
     rounds = 0
     while (c.dynamic_sampling.enabled and rounds < c.dynamic_sampling.max_rounds
            and sum(not _flat(g) for g in groups) < c.questions_per_step):
@@ -557,14 +609,14 @@ class Trainer:
       too_long += more
       extra = [(ORIGINAL, q, q.question, False) for q, _ in fitted]
       groups += roll_out(m, params, c, extra,
-                         rollouts.derive_seed(c.seed, step, 2, rounds))
+                         rollouts.derive_seed(c.seed, step, 2, rounds), shapes["questions"])
     lap("rollout")
 
     threshold = c.buffer.threshold
     distill = c.train.loss.name == "off_policy_distill"
     hard = [g for g in groups if g.completions and g.accuracy < threshold]
     solutions = teacher_pass(m, c, [g.question for g in (groups if distill else hard)],
-                             rollouts.derive_seed(c.seed, step, 3))
+                             rollouts.derive_seed(c.seed, step, 3), shapes["questions"])
     lap("teacher")
 
     events = replay_buffer.Events()
@@ -580,7 +632,7 @@ class Trainer:
                                         solutions, rng, m.tokenizer.count_tokens)
     extra_groups = roll_out(m, params, c, [(kind, q, user, False)
                                            for kind, q, user in reformulated],
-                            rollouts.derive_seed(c.seed, step, 5))
+                            rollouts.derive_seed(c.seed, step, 5), shapes["reformulated"])
     lap("reformulated_rollout")
 
     if c.teacher_in_group:
@@ -627,24 +679,34 @@ class Trainer:
     if c.train.loss.name == "off_policy_distill":
       advantages = [np.zeros(len(g.completions), np.float32) for g in groups]
     else:
-      advantages = list(np.asarray(losses.group_advantages(
-          np.stack([g.rewards for g in groups]), c.train.loss.scale_std)))
-    batch = make_batch(groups, advantages, self.rows_multiple, self.models.tokenizer.endoftext_id)
-    ts.check_batch(batch, self.mesh, c.train)
-    batch = ts.shard_batch(batch, self.mesh)
-    # Scores of other policies stay on the devices, sharded as the batch they join.
-    if c.train.loss.name == "on_policy_distill":
-      batch["teacher_logprobs"] = self.teacher_score_fn(self.models.teacher_params,
-                                                        batch)["logprobs"]
-    if self.models.ref_params is not None:
-      batch["ref_logprobs"] = self.score_fn(self.models.ref_params, batch)["logprobs"]
-    if c.num_iterations > 1:
-      batch["old_logprobs"] = self.score_fn(self.state.params, batch)["logprobs"]
+      advantages = list(losses.group_advantages(
+          np.stack([g.rewards for g in groups]), c.train.loss.scale_std))
+    rows = train_rows(groups, advantages)
+    chunks = ts.weigh_rows(
+        batching.make_chunks(rows, chunk_rows=c.train.chunk_rows, buckets=self.length_buckets,
+                             pad_id=self.models.tokenizer.endoftext_id),
+        c.train.loss, c.rollout.max_new_tokens)
+    chunks = [self._scored(ts.shard_batch(chunk, self.mesh)) for chunk in chunks]
     for _ in range(c.num_iterations):
-      self.state, metrics = self.step_fn(self.state, batch)
-    out = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-    out["train/rows"] = float(sum(len(g.completions) for g in groups))
+      self.state, metrics = self.step_fn(self.state, chunks)
+    out = {f"train/{k}": v for k, v in metrics.items()}
+    positions = sum(chunk["tokens"].size for chunk in chunks)
+    out.update({"train/rows": float(len(rows)), "train/chunks": float(len(chunks)),
+                "train/padding": 1.0 - sum(len(r) for r in rows) / positions})
     return out
+
+  def _scored(self, chunk: dict) -> dict:
+    """A chunk with the log-probs of the other policies its loss needs, computed on the
+    devices and sharded like the chunk."""
+    c = self.config
+    if c.train.loss.name == "on_policy_distill":
+      chunk["teacher_logprobs"] = self.teacher_score_fn(self.models.teacher_params,
+                                                        chunk)["logprobs"]
+    if self.models.ref_params is not None:
+      chunk["ref_logprobs"] = self.score_fn(self.models.ref_params, chunk)["logprobs"]
+    if c.num_iterations > 1:
+      chunk["old_logprobs"] = self.score_fn(self.state.params, chunk)["logprobs"]
+    return chunk
 
   def step_metrics(self, groups, extra_groups, hard, solutions, events, flat, train) -> dict:
     c = self.config

@@ -1,21 +1,23 @@
-"""The jitted policy-gradient step: `train_step(state, batch) -> (state, metrics)`.
+"""The jitted policy-gradient step: `TrainStep(...)(state, chunks) -> (state, metrics)`.
 
-One program for one CPU device and a TPU pod slice: params, gradients and optimizer state
-are placed by the logical-axis rules (`sharding.py`), the batch is split over the batch
-axes, and only the mesh changes. The old state is donated, so a step updates params and
-optimizer state in place.
+The same programs run on one CPU device and a TPU pod slice: params, gradients and optimizer
+state are placed by the logical-axis rules (`sharding.py`), the rows of each chunk are split
+over the batch axes, and only the mesh changes. A step's batch comes as chunks of fixed rows
+and few lengths (`batching.py`), so each gradient program compiles once per length; the
+gradient buffer and the old state are donated, so a step updates them in place.
 
-A batch is a dict of arrays with a leading batch dim B (see `losses.py` for the per-token
+A chunk is a dict of arrays with a leading row dim R (see `losses.py` for the per-token
 convention):
-  tokens [B, T] int32, attention_mask [B, T], loss_mask [B, T]; and, by loss:
-  advantages [B], old_logprobs / sampler_logprobs / ref_logprobs / teacher_logprobs
-  [B, T], teacher_topk_ids / teacher_topk_logprobs [B, T, K], off_policy / truncated [B].
+  tokens [R, T] int32, attention_mask [R, T], loss_mask [R, T], row_weights [R] (`weigh_rows`);
+  and, by loss: advantages [R], old_logprobs / sampler_logprobs / ref_logprobs /
+  teacher_logprobs [R, T], teacher_topk_ids / teacher_topk_logprobs [R, T, K],
+  off_policy / truncated [R].
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
           name="grpo", scale_std=True, epsilon_low=0.2, epsilon_high=0.28, beta=0.0,
           aggregation="token_mean", max_tokens=0, correction="truncate", correction_cap=2.0,
           mask_truncated=False, forward_kl=0.0),
-      micro_batches=1,         # gradient accumulation: the batch is cut into this many
+      chunk_rows=32,           # rows per gradient chunk (a multiple of the batch shards)
+      length_bucket=128,       # chunk lengths are multiples of this (coarser past 8x it)
       logprob_chunk=256,       # sequence positions per chunk of the vocabulary projection
       delta_chunk_size=64,     # chunk of the Gated DeltaNet chunked rule
       remat="none",            # per layer block: none | full | dots
@@ -155,97 +158,132 @@ def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
 def _split_rows(tree, batch_spec: NamedSharding):
   """Batch arrays with their rows over the batch axes: a type in explicit mode (a jit
   argument passed as a host array arrives untyped even with in_shardings), a constraint
-  in auto mode (rows of a micro-batch stay split)."""
+  in auto mode (rows stay split through the model)."""
   if sharding.explicit_axes(batch_spec.mesh):
     return jax.tree.map(lambda x: jax.sharding.reshard(x, batch_spec), tree)
   return jax.lax.with_sharding_constraint(tree, batch_spec)
 
 
-def _loss(params, batch, weights, *, model_config, cfg, batch_spec):
-  """(sum of weighted per-token losses, metric sums) of one micro-batch."""
+def _loss(params, batch, *, model_config, cfg, batch_spec):
+  """(sum of weighted per-token losses, metric sums) of one chunk."""
+  mask = losses.effective_mask(batch, cfg.loss.mask_truncated)
+  batch = {**batch, "loss_mask": mask}
   scores = score(params, batch, model_config=model_config, cfg=cfg, batch_spec=batch_spec)
   per_token, metrics = losses.get_policy_loss(cfg.loss.name)(scores, batch, cfg.loss)
-  loss = jnp.sum(weights * per_token)
-  mask = batch["loss_mask"]
+  loss = jnp.sum(batch["row_weights"][:, None] * mask * per_token)
   sums = {name: jnp.sum(mask * jax.lax.stop_gradient(value))
           for name, value in {**metrics, "entropy": scores["entropy"],
                               "logprob": scores["logprobs"]}.items()}
   return loss, {**sums, "loss": loss, "tokens": jnp.sum(mask)}
 
 
-def _micro_batches(tree, k: int):
-  """[B, ...] -> [k, B / k, ...], micro-batch j taking rows j, j + k, ...: each device's
-  contiguous block of rows is spread over all k micro-batches, so every one stays split."""
-  return jax.tree.map(
-      lambda x: jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1), tree)
-
-
-def train_step(state: TrainState, batch: dict, *, model_config, optimizer, cfg,
-               batch_spec: NamedSharding | None = None):
-  """One optimizer step on `batch`, accumulating gradients over `cfg.micro_batches`.
-
-  Returns the new state and scalar metrics: loss, grad_norm, learning_rate, tokens, and
-  loss-token means of entropy, logprob and each loss's own metrics (ratio, clip_fraction,
-  kl, sampler_weight, reverse_kl, nll, forward_kl)."""
+def accumulate(grads, params, chunk, *, model_config, cfg, batch_spec=None):
+  """grads + the gradient of one chunk's weighted loss (float32, like the params), and the
+  chunk's metric sums."""
   if batch_spec is not None:
-    batch = _split_rows(batch, batch_spec)
-  mask = losses.effective_mask(batch, cfg.loss.mask_truncated)
-  weights = losses.token_weights(mask, cfg.loss.aggregation, cfg.loss.max_tokens or None)
-  batch = {**batch, "loss_mask": mask}
-  grad_fn = jax.value_and_grad(
+    chunk = _split_rows(chunk, batch_spec)
+  (_, sums), new = jax.value_and_grad(
       functools.partial(_loss, model_config=model_config, cfg=cfg, batch_spec=batch_spec),
-      has_aux=True)
-  k = cfg.micro_batches
-  if k == 1:
-    (_, sums), grads = grad_fn(state.params, batch, weights)
-  else:
-    micro = _micro_batches((batch, weights), k)
+      has_aux=True)(params, chunk)
+  return jax.tree.map(lambda g, x: g + x.astype(g.dtype), grads, new), sums
 
-    def accumulate(carry, micro):
-      if batch_spec is not None:
-        micro = _split_rows(micro, batch_spec)
-      (_, sums), grads = grad_fn(state.params, *micro)
-      return jax.tree.map(lambda c, x: c + x.astype(c.dtype), carry, (grads, sums)), None
 
-    (_, sums), _ = jax.eval_shape(grad_fn, state.params, *jax.tree.map(lambda x: x[0], micro))
-    # zeros_like keeps each param's sharding, which explicit mode needs in the scan carry
-    zeros = (jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), state.params),
-             jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), sums))
-    (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+def apply_gradients(state: TrainState, grads, *, optimizer, cfg):
+  """The optimizer step on accumulated gradients: (new state, grad_norm, learning_rate)."""
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  tokens = jnp.maximum(sums["tokens"], 1.0)
-  metrics = {name: value / tokens for name, value in sums.items()
-             if name not in ("loss", "tokens")}
-  metrics.update(loss=sums["loss"], tokens=sums["tokens"], grad_norm=optax.tree.norm(grads),
+  metrics = dict(grad_norm=optax.tree.norm(grads),
                  learning_rate=learning_rate_schedule(cfg.optimizer)(state.step))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def check_batch(batch: dict, mesh, cfg, rules=sharding.DEFAULT_RULES):
-  """Errors naming the field when the batch cannot be split as configured."""
+def weigh_rows(chunks: Sequence[dict], loss_cfg, max_tokens: int = 0) -> list[dict]:
+  """The chunks with `row_weights` [R]: each loss token's weight in the step's loss, from
+  the loss-token counts of every row of every chunk (`losses.row_weights`), so that the sum
+  over chunks is the loss of the whole batch however it was cut. Host arrays in and out.
+  `max_tokens` is the `constant` aggregation's budget when `loss.max_tokens` is 0."""
+  counts = [np.asarray(c["loss_mask"], np.float32).sum(axis=1) for c in chunks]
+  if loss_cfg.mask_truncated:
+    counts = [n * ~np.asarray(c["truncated"], bool) for n, c in zip(counts, chunks)]
+  real = [np.asarray(c["real"], bool) if "real" in c else np.ones(len(n), bool)
+          for n, c in zip(counts, chunks)]
+  weights = losses.row_weights(np.concatenate(counts)[np.concatenate(real)],
+                               loss_cfg.aggregation, loss_cfg.max_tokens or max_tokens or
+                               max(np.asarray(c["tokens"]).shape[1] for c in chunks))
+  out, start = [], 0
+  for chunk, rows in zip(chunks, real):
+    w = np.zeros(len(rows), np.float32)
+    w[rows] = weights[start:start + rows.sum()]
+    start += rows.sum()
+    out.append({**{k: v for k, v in chunk.items() if k != "real"}, "row_weights": w})
+  return out
+
+
+def check_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES):
+  """Errors naming the field when a chunk cannot be split over the mesh."""
   rows = batch["tokens"].shape[0]
   for name, x in batch.items():
     if x.shape[0] != rows:
       raise ValueError(f"batch field {name!r} has {x.shape[0]} rows, tokens has {rows}")
   shards = sharding.shard_count("batch", mesh, rules)
-  if rows % (cfg.micro_batches * shards):
-    raise ValueError(f"batch of {rows} rows does not split into micro_batches="
-                     f"{cfg.micro_batches} times {shards} batch shards of the mesh "
-                     f"{dict(mesh.shape)}")
+  if rows % shards:
+    raise ValueError(f"batch of {rows} rows does not split over the {shards} batch shards of "
+                     f"the mesh {dict(mesh.shape)}")
 
 
-def jit_train_step(model_config, optimizer, cfg, mesh, shardings: TrainState,
-                   rules=sharding.DEFAULT_RULES):
-  """`train_step` jitted with explicit in/out shardings and the old state donated."""
-  spec = batch_sharding(mesh, rules)
-  step = functools.partial(train_step, model_config=model_config, optimizer=optimizer, cfg=cfg,
-                           batch_spec=spec)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(step, in_shardings=(shardings, spec), out_shardings=(shardings, replicated),
-                 donate_argnums=(0,))
+class TrainStep:
+  """`step(state, chunks) -> (state, metrics)`: one optimizer step over a batch cut into
+  chunks (dicts of arrays, rows split over the mesh's batch axes, `row_weights` from
+  `weigh_rows`). Each chunk runs the gradient program compiled for its shape and adds into
+  one float32 gradient buffer (donated, updated in place); then one update program applies
+  the optimizer. Chunks of different lengths are how a batch avoids padding its short rows
+  to its longest one; `compile_count` says how many programs were built.
+
+  Metrics: loss, grad_norm, learning_rate, tokens, and loss-token means of entropy, logprob
+  and each loss's own metrics (ratio, clip_fraction, kl, sampler_weight, reverse_kl, nll,
+  forward_kl)."""
+
+  def __init__(self, model_config, optimizer, cfg, mesh, shardings: TrainState,
+               rules=sharding.DEFAULT_RULES):
+    self.mesh, self.rules, self.shardings = mesh, rules, shardings
+    spec = batch_sharding(mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    self._accumulate = jax.jit(
+        functools.partial(accumulate, model_config=model_config, cfg=cfg, batch_spec=spec),
+        in_shardings=(shardings.params, shardings.params, spec),
+        out_shardings=(shardings.params, replicated), donate_argnums=(0,))
+    self._apply = jax.jit(
+        functools.partial(apply_gradients, optimizer=optimizer, cfg=cfg),
+        in_shardings=(shardings, shardings.params), out_shardings=(shardings, replicated),
+        donate_argnums=(0,))
+    self._zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params),
+                          in_shardings=(shardings.params,), out_shardings=shardings.params)
+
+  def precompile(self, params, chunk_shapes: dict) -> None:
+    """Compiles the gradient program for chunks of these shapes ({name: ShapeDtypeStruct})
+    ahead of the first step that needs it."""
+    self._accumulate.lower(params, params, chunk_shapes).compile()
+
+  def __call__(self, state: TrainState, chunks: Sequence[dict]):
+    if not chunks:
+      raise ValueError("a train step needs at least one chunk")
+    if any("row_weights" not in chunk for chunk in chunks):
+      raise ValueError("a chunk has no row_weights: pass the chunks through "
+                       "train_step.weigh_rows first")
+    grads = self._zeros(state.params)
+    sums = []
+    for chunk in chunks:
+      grads, chunk_sums = self._accumulate(grads, state.params, chunk)
+      sums.append(chunk_sums)
+    state, update = self._apply(state, grads)
+    total = {k: float(np.sum([s[k] for s in jax.device_get(sums)], dtype=np.float64))
+             for k in sums[0]}
+    tokens = max(total["tokens"], 1.0)
+    metrics = {k: v / tokens for k, v in total.items() if k not in ("loss", "tokens")}
+    metrics.update(loss=total["loss"], tokens=total["tokens"],
+                   **{k: float(v) for k, v in jax.device_get(update).items()})
+    return state, metrics
 
 
 def jit_score(model_config, cfg, mesh, param_sharding, rules=sharding.DEFAULT_RULES,

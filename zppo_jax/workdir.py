@@ -23,7 +23,8 @@ ON_CHANGE = ("refuse", "continue", "new_run")
 # Fields that may change between the attempts of one run: how long, how it is logged,
 # evaluated, checkpointed and exported, and how grading is parallelised.
 RESUMABLE = ("total_steps", "log.", "eval.", "export.", "checkpoint.every", "checkpoint.keep",
-             "checkpoint.async_save", "reward.workers", "reward.timeout_s", "compile_cache")
+             "checkpoint.async_save", "reward.workers", "reward.timeout_s", "compile_cache",
+             "precompile")
 # What a run writes into its workdir (moved aside together by "new_run").
 RUN_FILES = ("checkpoints", "metrics.jsonl", "samples.jsonl", "reformulations.jsonl",
              "tensorboard", "eval", "export", RUN_CONFIG)
