@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.data.level_weights = (0.5, 0.35, 0.15)  # the student's easy-to-hard mix (tiny_sft.py)
   c.questions_per_step = 4
   c.buffer.update(capacity=32, replay_per_step=4)
-  c.rollout.max_new_tokens = 128
+  c.rollout.update(max_new_tokens=128, max_prompt_tokens=64)  # questions take ~30 tokens
   c.teacher.max_new_tokens = 128
   # 368 + the chat template's 10 tokens + 128 new: the longest row fills a 512-token chunk
   c.zppo.update(max_prompt_tokens=368, max_candidate_tokens=128, max_ncq_responses=3)

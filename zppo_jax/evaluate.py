@@ -89,16 +89,35 @@ class Evaluator:
       if not qs:
         raise ValueError(f"benchmark {b.name} ({b.source}) has no questions")
 
+  def _batches(self, i: int):
+    """(start, questions, prompt ids) of each sampler call on set i."""
+    c, e, tok = self.config, self.config.eval, self.tokenizer
+    qs = self.sets[i][1]
+    for start in range(0, len(qs), e.batch_size):
+      chunk = qs[start:start + e.batch_size]
+      yield start, chunk, rollouts.prompt_ids(tok, c, [q.question for q in chunk])
+
+  def precompile(self, params) -> None:
+    """Builds the sampler programs of every call `run` makes (the sets are known)."""
+    e = self.config.eval
+    new = e.max_new_tokens or self.config.rollout.max_new_tokens
+    sizes = {(len(ids), max(map(len, ids))) for i in range(len(self.sets))
+             for _, _, ids in self._batches(i)}
+    shapes = {self.sampler.shapes(n, length, new): (n, length) for n, length in sizes}
+    for n, length in shapes.values():
+      self.sampler.precompile(params, n, length, max_new_tokens=new, temperature=e.temperature,
+                              top_p=e.top_p, num_samples=e.k,
+                              stop_token_ids=self.tokenizer.stop_token_ids)
+
   def run(self, params, seed: int) -> list[SetResult]:
     c, e, tok = self.config, self.config.eval, self.tokenizer
     out = []
     for i, (bench, qs) in enumerate(self.sets):
       correct, lengths, truncated = [], [], []
-      for start in range(0, len(qs), e.batch_size):
-        chunk = qs[start:start + e.batch_size]
+      for start, chunk, ids in self._batches(i):
         done, texts = rollouts.sample(
-            self.sampler, params, tok, rollouts.prompt_ids(tok, c, [q.question for q in chunk]),
-            c, num_samples=e.k, seed=rollouts.derive_seed(seed, i, start),
+            self.sampler, params, tok, ids, c, num_samples=e.k,
+            seed=rollouts.derive_seed(seed, i, start),
             max_new_tokens=e.max_new_tokens or c.rollout.max_new_tokens,
             temperature=e.temperature, top_p=e.top_p)
         scores = rollouts.grade(texts, [q.answer for q in chunk for _ in range(e.k)], c)

@@ -149,14 +149,17 @@ class Sampler:
   # -- sizes ---------------------------------------------------------------------------------
 
   def shapes(self, num_prompts: int, prompt_len: int, max_new_tokens: int,
-             rows: int = 0, prompt_slots: int = 0):
+             rows: int = 0, prompt_slots: int = 0, new_slots: int = 0):
     """(prompt rows B, prompt slots, new-token slots) that a call of these sizes runs with:
-    `rows` / `prompt_slots` when given and large enough, else the sizes' buckets."""
+    `rows` / `prompt_slots` / `new_slots` when given and large enough, else the sizes'
+    buckets."""
     rows = rows if rows >= num_prompts else bucket(num_prompts, 1, what="batch")
     rows = -(-rows // self.batch_shards) * self.batch_shards
     slots = prompt_slots if prompt_slots >= prompt_len else bucket(
         prompt_len, self.min_prompt_bucket, self.prompt_buckets, "prompt length")
-    return rows, slots, bucket(max_new_tokens, self.min_new_bucket, what="max_new_tokens")
+    new = new_slots if new_slots >= max_new_tokens else bucket(
+        max_new_tokens, self.min_new_bucket, what="max_new_tokens")
+    return rows, slots, new
 
   def cache_bytes(self, num_prompts: int, prompt_len: int, max_new_tokens: int,
                   num_samples: int = 1, dtype=jnp.bfloat16) -> int:
@@ -291,19 +294,34 @@ class Sampler:
     self._programs[key] = program
     return program
 
+  def _call_programs(self, rows, prompt_slots, new_slots, num_samples, dtype, num_stops, top_k,
+                     top_p, temperature):
+    """The (prefill, decode) programs of a call with these shapes and settings."""
+    return (self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype),
+            self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype,
+                                 bucket(num_stops, 8), top_k, top_p < 1.0, temperature == 0))
+
+  def precompile(self, params, num_prompts: int, prompt_len: int, *, max_new_tokens: int,
+                 **settings) -> None:
+    """Builds the programs that `generate` with these sizes and settings will run, by running
+    them once on placeholder prompts for one new token: a run that knows its calls' shapes
+    compiles them all at start instead of in the middle of its steps."""
+    self.generate(params, [[0] * prompt_len] * num_prompts, max_new_tokens=1,
+                  new_slots=self.shapes(num_prompts, prompt_len, max_new_tokens)[2], **settings)
+
   # -- the call ------------------------------------------------------------------------------
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                num_samples: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
-               rows: int = 0, prompt_slots: int = 0) -> Completions:
+               rows: int = 0, prompt_slots: int = 0, new_slots: int = 0) -> Completions:
     """Samples `num_samples` completions of each prompt (see `Completions`).
 
     temperature 0 means greedy. The same seed and inputs give the same completions, and a
     row's samples depend only on (seed, prompt index, sample index), not on the batch size
-    or the padding. `rows` and `prompt_slots` pad the call to a shape the caller fixed in
-    advance (one compiled program for calls of varying size); a call they cannot hold
-    takes its own buckets instead.
+    or the padding. `rows`, `prompt_slots` and `new_slots` pad the call to a shape the
+    caller fixed in advance (one compiled program for calls of varying size); a call they
+    cannot hold takes its own buckets instead.
     """
     c = self.config
     _check_prompts(prompts, c.vocab_size)
@@ -321,7 +339,7 @@ class Sampler:
       raise ValueError(f"seed must be in [0, 2**32), got {seed}")
 
     rows, prompt_slots, new_slots = self.shapes(len(prompts), max(map(len, prompts)),
-                                                max_new_tokens, rows, prompt_slots)
+                                                max_new_tokens, rows, prompt_slots, new_slots)
     ids = np.zeros((rows, prompt_slots), np.int32)
     mask = np.zeros((rows, prompt_slots), np.int32)
     for i, p in enumerate(prompts):  # left padding: every prompt ends at the last slot
@@ -334,11 +352,10 @@ class Sampler:
     dtype = params["embed"].dtype
     if self.mesh is not None:
       params = jax.device_put(params, self._param_shardings)  # no-op when already placed
-    prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype)
+    prefill, decode = self._call_programs(rows, prompt_slots, new_slots, num_samples, dtype,
+                                          len(stop_token_ids), top_k, top_p, temperature)
     cache, logits = prefill(params, self._put(ids, ("batch", None)),
                             self._put(mask, ("batch", None)))
-    decode = self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype, len(stops),
-                                  top_k, top_p < 1.0, temperature == 0)
     out, _ = decode(params, cache, logits, self._put(live, ("batch",)), np.uint32(seed),
                  np.float32(temperature or 1.0), np.float32(top_p), np.int32(max_new_tokens),
                  stops)

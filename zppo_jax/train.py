@@ -299,15 +299,18 @@ def fit_questions(config, tok: Tokenizer, pairs: Sequence[tuple[Question, bool]]
 def sample_shapes(config, prompt_overhead: int) -> dict[str, dict]:
   """The shapes of the step's sampler calls, fixed by the config: prompt rows from a few
   buckets (a quarter, half or all of the most a call can have: questions_per_step +
-  replay_per_step questions, and for BCQ/NCQ prompts as many as the hard ones can make),
-  and for BCQ/NCQ prompts the slots that hold zppo.max_prompt_tokens plus the chat template's
+  replay_per_step questions, and for BCQ/NCQ prompts as many as the hard ones can make);
+  prompt slots that hold rollout.max_prompt_tokens (when set; else the prompts' own
+  buckets), and for BCQ/NCQ prompts zppo.max_prompt_tokens plus the chat template's
   `prompt_overhead`. Varying counts then reuse a few compiled programs."""
   z = config.zppo
   questions = config.questions_per_step + (
       config.buffer.replay_per_step if config.buffer.enabled else 0)
   per_question = (z.bcq_per_question if z.bcq else 0) + (1 if z.ncq else 0)
   buckets = lambda most: tuple(sorted({max(1, most // 4), max(1, most // 2), most}))
-  return {"questions": dict(rows=buckets(questions)),
+  limit = config.rollout.max_prompt_tokens
+  return {"questions": dict(rows=buckets(questions),
+                            prompt_slots=bucket(limit, 16) if limit else 0),
           "reformulated": dict(rows=buckets(questions * max(per_question, 1)),
                                prompt_slots=bucket(z.max_prompt_tokens + prompt_overhead, 16))}
 
@@ -527,18 +530,43 @@ class Trainer:
     return prompt + max(c.rollout.max_new_tokens, c.teacher.max_new_tokens if teacher else 0)
 
   def precompile(self):
-    """Compiles the train step's programs for every chunk length up to `longest_row`, so
-    that no step stops to compile one (or, with the persistent cache, loads them all)."""
+    """Builds the programs of every shape the config fixes, so that no step stops to compile
+    one (or, with the persistent cache, loads them all): the train step's for every chunk
+    length up to `longest_row`, the sampler's for each call kind and row bucket (question
+    prompts only when rollout.max_prompt_tokens fixes their slots), the evaluation's."""
+    c, m = self.config, self.models
+    params = self._sampling_params(self.state.params)
+    stops = m.tokenizer.stop_token_ids
+    questions, reformulated = (self.sample_shapes[k] for k in ("questions", "reformulated"))
+    calls = []  # (sampler, params, shape, max_new_tokens, temperature, num_samples)
+    if questions["prompt_slots"]:
+      if c.distill.student_rollouts:
+        calls.append((m.sampler, params, questions, c.rollout.max_new_tokens,
+                      c.rollout.temperature, c.rollout.group_size))
+      if c.teacher.source == "model":
+        calls.append((m.teacher_sampler, m.teacher_params, questions, c.teacher.max_new_tokens,
+                      c.teacher.temperature, c.teacher.num_rollouts))
+    if c.zppo.bcq or c.zppo.ncq:
+      calls.append((m.sampler, params, reformulated, c.rollout.max_new_tokens,
+                    c.rollout.temperature, c.rollout.group_size))
+    for sampler, p, shape, new, temperature, n in calls:
+      for rows in shape["rows"]:
+        sampler.precompile(p, rows, shape["prompt_slots"], max_new_tokens=new,
+                           temperature=temperature, top_p=c.rollout.top_p, num_samples=n,
+                           stop_token_ids=stops, rows=rows, prompt_slots=shape["prompt_slots"])
+    if self.evaluator:
+      self.evaluator.precompile(params)
     spec = ts.batch_sharding(self.mesh)
-    chunk_rows = self.config.train.chunk_rows
     longest = min(self.longest_row(), self.length_buckets[-1])
+    chunks = []
     for length in self.length_buckets[:self.length_buckets.index(
         batching.bucket_of(longest, self.length_buckets)) + 1]:
       chunk = ts.weigh_rows(batching.make_chunks(
           [batching.Row([0], [0] * (length - 1), [0.0] * (length - 1), 0.0)],
-          chunk_rows=chunk_rows, buckets=(length,), pad_id=0), self.config.train.loss, 1)[0]
+          chunk_rows=c.train.chunk_rows, buckets=(length,), pad_id=0), c.train.loss, 1)[0]
       chunk = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
-      self.step_fn.precompile(self.state.params, {**chunk, **self._scored_shapes(chunk)})
+      chunks.append({**chunk, **self._scored_shapes(chunk)})
+    self.step_fn.precompile(self.state, chunks)
 
   def _scored_shapes(self, chunk: dict) -> dict:
     """The fields `_scored` adds to such a chunk."""

@@ -260,10 +260,13 @@ class TrainStep:
     self._zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params),
                           in_shardings=(shardings.params,), out_shardings=shardings.params)
 
-  def precompile(self, params, chunk_shapes: dict) -> None:
-    """Compiles the gradient program for chunks of these shapes ({name: ShapeDtypeStruct})
-    ahead of the first step that needs it."""
-    self._accumulate.lower(params, params, chunk_shapes).compile()
+  def precompile(self, state: TrainState, chunk_shapes: Sequence[dict]) -> None:
+    """Compiles the gradient program for chunks of each of these shapes ({name:
+    ShapeDtypeStruct}), and the update program, ahead of the first step."""
+    for shapes in chunk_shapes:
+      self._accumulate.lower(state.params, state.params, shapes).compile()
+    self._zeros.lower(state.params).compile()
+    self._apply.lower(state, state.params).compile()
 
   def __call__(self, state: TrainState, chunks: Sequence[dict]):
     if not chunks:
