@@ -3,7 +3,7 @@
 Each tree runs the same trainer command in a process of its own, from a cold start (an empty
 workdir and an empty persistent compilation cache; this checkout once more with the cache its
 first run filled), and reports:
-- wall time split by phase: import, model load, trainer set-up, the steps (and within them
+- wall time split by phase: import, model load, trainer set-up, precompilation, the steps (and within them
   sampling, teacher, grading, reformulated sampling, train step), held-out evaluation,
   checkpoints, export;
 - every jitted program: how many times it was compiled or loaded from the persistent cache
@@ -59,7 +59,9 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
   timers: dict[str, float] = {}
 
   def timed(owner, name, key):
-    fn = getattr(owner, name)
+    fn = getattr(owner, name, None)
+    if fn is None:  # a stage the other tree does not have
+      return
 
     def wrapper(*args, **kwargs):
       t = time.perf_counter()
@@ -74,12 +76,14 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
                            (train.Trainer, "evaluate", "evaluation"),
                            (train.Trainer, "save", "checkpoints"),
                            (train.Trainer, "export", "export"),
-                           (train.Trainer, "train_step", "steps")]:
+                           (train.Trainer, "train_step", "steps"),
+                           (train.Trainer, "precompile", "precompile")]:
     timed(owner, name, key)
   flags.FLAGS(["train", f"--workdir={workdir}", *train_args])
   t = time.perf_counter()
   trainer = train.Trainer(flags.FLAGS.config, workdir)
-  setup = time.perf_counter() - t - timers.get("model load", 0.0)
+  setup = (time.perf_counter() - t - timers.get("model load", 0.0)
+           - timers.get("precompile", 0.0))
   params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
   t = time.perf_counter()
   trainer.run()
@@ -92,6 +96,7 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
   return {
       "wall_s": time.perf_counter() - start, "import_s": imported - start,
       "model_load_s": timers.get("model load", 0.0), "setup_s": setup,
+      "precompile_s": timers.get("precompile", 0.0),
       "steps_s": timers.get("steps", 0.0),
       "phases_s": {k: sum(x.get(k, 0.0) for x in lines) for k in PHASES},
       "evaluation_s": timers.get("evaluation", 0.0),

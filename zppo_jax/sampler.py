@@ -302,12 +302,14 @@ class Sampler:
                                  bucket(num_stops, 8), top_k, top_p < 1.0, temperature == 0))
 
   def precompile(self, params, num_prompts: int, prompt_len: int, *, max_new_tokens: int,
-                 **settings) -> None:
+                 rows: int = 0, prompt_slots: int = 0, new_slots: int = 0, **settings) -> None:
     """Builds the programs that `generate` with these sizes and settings will run, by running
     them once on placeholder prompts for one new token: a run that knows its calls' shapes
     compiles them all at start instead of in the middle of its steps."""
-    self.generate(params, [[0] * prompt_len] * num_prompts, max_new_tokens=1,
-                  new_slots=self.shapes(num_prompts, prompt_len, max_new_tokens)[2], **settings)
+    rows, prompt_slots, new_slots = self.shapes(num_prompts, prompt_len, max_new_tokens, rows,
+                                                prompt_slots, new_slots)
+    self.generate(params, [[0] * prompt_len] * num_prompts, max_new_tokens=1, rows=rows,
+                  prompt_slots=prompt_slots, new_slots=new_slots, **settings)
 
   # -- the call ------------------------------------------------------------------------------
 
