@@ -41,5 +41,5 @@ def get_config(arg=None):
   # CPU settings (benchmarks/RESULTS.md, issue 19): float32 (bfloat16 is emulated on CPU),
   # no rematerialisation, short delta-rule chunks, and small chunks of rows and lengths.
   c.train.update(compute_dtype="float32", remat="none", delta_chunk_size=32, chunk_rows=16,
-                 length_bucket=64)
+                 length_bucket=128)
   return c

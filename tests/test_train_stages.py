@@ -37,15 +37,17 @@ def test_train_rows_carry_completions_and_advantages():
 
 
 def test_sample_shapes_are_fixed_by_the_config():
-  """Sampler calls use a few row counts decided by the config, and BCQ/NCQ prompts one
-  prompt length that holds the budget and the chat template."""
+  """Sampler calls use two row counts decided by the config, question prompts the slots of
+  rollout.max_prompt_tokens, and BCQ/NCQ prompts one length that holds their budget and the
+  chat template."""
   c = _config()
   c.update(questions_per_step=4)
   c.buffer.replay_per_step = 4
   c.zppo.update(max_prompt_tokens=368, bcq_per_question=1)
+  c.rollout.max_prompt_tokens = 64
   shapes = train.sample_shapes(c, prompt_overhead=10)
-  assert shapes["questions"]["rows"] == (2, 4, 8)
-  assert shapes["reformulated"] == {"rows": (4, 8, 16), "prompt_slots": 512}
+  assert shapes["questions"] == {"rows": (4, 8), "prompt_slots": 64}
+  assert shapes["reformulated"] == {"rows": (8, 16), "prompt_slots": 512}
   assert train._call_shape(shapes["reformulated"], 5) == {"rows": 8, "prompt_slots": 512}
   assert train._call_shape(shapes["questions"], 9)["rows"] == 0  # past the most: own bucket
 

@@ -297,9 +297,9 @@ def fit_questions(config, tok: Tokenizer, pairs: Sequence[tuple[Question, bool]]
 
 
 def sample_shapes(config, prompt_overhead: int) -> dict[str, dict]:
-  """The shapes of the step's sampler calls, fixed by the config: prompt rows from a few
-  buckets (a quarter, half or all of the most a call can have: questions_per_step +
-  replay_per_step questions, and for BCQ/NCQ prompts as many as the hard ones can make);
+  """The shapes of the step's sampler calls, fixed by the config: prompt rows from two
+  buckets (half or all of the most a call can have: questions_per_step + replay_per_step
+  questions, and for BCQ/NCQ prompts as many as the hard ones can make);
   prompt slots that hold rollout.max_prompt_tokens (when set; else the prompts' own
   buckets), and for BCQ/NCQ prompts zppo.max_prompt_tokens plus the chat template's
   `prompt_overhead`. Varying counts then reuse a few compiled programs."""
@@ -307,7 +307,7 @@ def sample_shapes(config, prompt_overhead: int) -> dict[str, dict]:
   questions = config.questions_per_step + (
       config.buffer.replay_per_step if config.buffer.enabled else 0)
   per_question = (z.bcq_per_question if z.bcq else 0) + (1 if z.ncq else 0)
-  buckets = lambda most: tuple(sorted({max(1, most // 4), max(1, most // 2), most}))
+  buckets = lambda most: tuple(sorted({max(1, most // 2), most}))
   limit = config.rollout.max_prompt_tokens
   return {"questions": dict(rows=buckets(questions),
                             prompt_slots=bucket(limit, 16) if limit else 0),
