@@ -111,14 +111,14 @@ def main():
   mesh = sharding.make_mesh()
   optimizer = ts.make_optimizer(cfg.optimizer)
   shardings = ts.state_shardings(config, optimizer, mesh)
-  step = ts.jit_train_step(config, optimizer, cfg, mesh, shardings)
+  step = ts.TrainStep(config, optimizer, cfg, mesh, shardings)
   state = {"s": ts.init_state(jax.device_put(params, shardings.params), optimizer, 0,
                               shardings)}
-  batch_j = ts.shard_batch(batch, mesh)
+  chunk = ts.shard_batch(ts.weigh_rows([batch], cfg.loss)[0], mesh)  # the batch as one chunk
   losses_seen = []
 
   def jax_step():
-    state["s"], metrics = step(state["s"], batch_j)
+    state["s"], metrics = step(state["s"], [chunk])
     losses_seen.append(float(metrics["loss"]))  # blocks until the step is done
 
   jax_time = best_time(jax_step, args.repeats)
