@@ -3,9 +3,9 @@
 Each tree runs the same trainer command in a process of its own, from a cold start (an empty
 workdir and an empty persistent compilation cache; this checkout once more with the cache its
 first run filled), and reports:
-- wall time split by phase: import, model load, trainer set-up, precompilation, the steps (and within them
-  sampling, teacher, grading, reformulated sampling, train step), held-out evaluation,
-  checkpoints, export;
+- wall time split by phase: import, model load, trainer set-up, precompilation, the steps
+  (and within them sampling, teacher, grading, reformulated sampling, train step), held-out
+  evaluation, checkpoints, export;
 - every jitted program: how many times it was compiled or loaded from the persistent cache
   and the seconds it took (from `jax.monitoring` events), XLA compilations in all;
 - step times: first steps, and the steady state (median of the last third), with trained

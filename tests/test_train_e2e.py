@@ -149,3 +149,30 @@ def test_the_workdir_refuses_another_run_and_an_export_never_destroys_it(straigh
   assert out.returncode != 0 and "non-empty directory that no export wrote" in out.stderr
   assert sorted(os.listdir(workdir)) == before
   assert _metrics(workdir) == lines
+
+
+def test_other_policies_are_scored_per_chunk(tmp_path):
+  """On-policy distillation with a KL to the frozen reference and two passes over each
+  batch: the teacher's, the reference's and the old log-probs are scored chunk by chunk, and
+  every program of the loop, scores included, is built before the first step: none is
+  compiled (or loaded) while the run goes."""
+  c = run_config.config_module("tiny.py").get_config("method=on_policy_distill")
+  c.update(total_steps=3, num_iterations=2)
+  c.train.loss.beta = 0.01
+  c.log.update(progress=False, tensorboard=False)
+  c.eval.every = 0
+  c.export.at_end = False
+  trainer = train.Trainer(c, str(tmp_path))
+  built = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, fun_name="?", **__: built.append(fun_name)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  trainer.run()
+  ours = {"jit(score)", "jit(accumulate)", "jit(apply_gradients)", "jit(<lambda>)",
+          "jit(prefill)", "jit(decode)"}
+  assert not ours & set(built), built
+  lines = _metrics(str(tmp_path))
+  assert len(lines) == 3
+  for line in lines:
+    assert math.isfinite(line["train/loss"]) and line["train/kl"] > 0
+    assert line["train/reverse_kl"] != 0 and line["train/chunks"] >= 1

@@ -138,7 +138,8 @@ def test_explicit_sharding_mode_matches_one_device(one_device):
   """On a mesh with JAX's explicit axes the same step (here in 2 chunks) gives the
   one-device result, and the new params' types carry the rules' shardings."""
   ref_state, ref = one_device
-  state, metrics = _run((2, 2, 2), axis_types="explicit", chunks=_cut(_batch(), [range(4), range(4, 8)]))
+  state, metrics = _run((2, 2, 2), axis_types="explicit",
+                        chunks=_cut(_batch(), [range(4), range(4, 8)]))
   for name in ("loss", "grad_norm", "ratio", "entropy", "sampler_weight"):
     np.testing.assert_allclose(metrics[name], ref[name], rtol=1e-4, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),

@@ -531,9 +531,10 @@ class Trainer:
 
   def precompile(self):
     """Builds the programs of every shape the config fixes, so that no step stops to compile
-    one (or, with the persistent cache, loads them all): the train step's for every chunk
-    length up to `longest_row`, the sampler's for each call kind and row bucket (question
-    prompts only when rollout.max_prompt_tokens fixes their slots), the evaluation's."""
+    one (or, with the persistent cache, loads them all): the train step's and the other
+    policies' scores for every chunk length up to `longest_row`, the sampler's for each call
+    kind and row bucket (question prompts only when rollout.max_prompt_tokens fixes their
+    slots), the evaluation's."""
     c, m = self.config, self.models
     params = self._sampling_params(self.state.params)
     stops = m.tokenizer.stop_token_ids
@@ -568,15 +569,24 @@ class Trainer:
       chunks.append({**chunk, **self._scored_shapes(chunk)})
     self.step_fn.precompile(self.state, chunks)
 
+  def _scorers(self) -> list[tuple[str, object, dict]]:
+    """(field, jitted score program, params) of each other policy's log-probs the loss
+    needs: the teacher's, the frozen reference's, the policy's own before the update."""
+    c, m = self.config, self.models
+    return ([("teacher_logprobs", self.teacher_score_fn, m.teacher_params)]
+            if c.train.loss.name == "on_policy_distill" else []) + (
+        [("ref_logprobs", self.score_fn, m.ref_params)] if m.ref_params is not None else []) + (
+        [("old_logprobs", self.score_fn, self.state.params)] if c.num_iterations > 1 else [])
+
   def _scored_shapes(self, chunk: dict) -> dict:
-    """The fields `_scored` adds to such a chunk."""
-    c = self.config
-    names = (["teacher_logprobs"] if c.train.loss.name == "on_policy_distill" else []) + (
-        ["ref_logprobs"] if self.models.ref_params is not None else []) + (
-        ["old_logprobs"] if c.num_iterations > 1 else [])
-    tokens = chunk["tokens"]
-    return {name: jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
-            for name in names}
+    """The fields `_scored` adds to such a chunk, after compiling the programs that score
+    it."""
+    out = {}
+    for name, fn, params in self._scorers():
+      fn.lower(params, chunk).compile()
+      tokens = chunk["tokens"]
+      out[name] = jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
+    return out
 
   # -- checkpoints ---------------------------------------------------------------------------
 
@@ -724,16 +734,11 @@ class Trainer:
     return out
 
   def _scored(self, chunk: dict) -> dict:
-    """A chunk with the log-probs of the other policies its loss needs, computed on the
-    devices and sharded like the chunk."""
-    c = self.config
-    if c.train.loss.name == "on_policy_distill":
-      chunk["teacher_logprobs"] = self.teacher_score_fn(self.models.teacher_params,
-                                                        chunk)["logprobs"]
-    if self.models.ref_params is not None:
-      chunk["ref_logprobs"] = self.score_fn(self.models.ref_params, chunk)["logprobs"]
-    if c.num_iterations > 1:
-      chunk["old_logprobs"] = self.score_fn(self.state.params, chunk)["logprobs"]
+    """A chunk with the log-probs of the other policies its loss needs (`_scorers`), computed
+    on the devices and sharded like the chunk."""
+    base = dict(chunk)
+    for name, fn, params in self._scorers():
+      chunk[name] = fn(params, base)["logprobs"]
     return chunk
 
   def step_metrics(self, groups, extra_groups, hard, solutions, events, flat, train) -> dict:

@@ -238,7 +238,7 @@ class TrainStep:
   `weigh_rows`). Each chunk runs the gradient program compiled for its shape and adds into
   one float32 gradient buffer (donated, updated in place); then one update program applies
   the optimizer. Chunks of different lengths are how a batch avoids padding its short rows
-  to its longest one; `compile_count` says how many programs were built.
+  to its longest one.
 
   Metrics: loss, grad_norm, learning_rate, tokens, and loss-token means of entropy, logprob
   and each loss's own metrics (ratio, clip_fraction, kl, sampler_weight, reverse_kl, nll,
@@ -246,7 +246,6 @@ class TrainStep:
 
   def __init__(self, model_config, optimizer, cfg, mesh, shardings: TrainState,
                rules=sharding.DEFAULT_RULES):
-    self.mesh, self.rules, self.shardings = mesh, rules, shardings
     spec = batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._accumulate = jax.jit(
@@ -257,7 +256,8 @@ class TrainStep:
         functools.partial(apply_gradients, optimizer=optimizer, cfg=cfg),
         in_shardings=(shardings, shardings.params), out_shardings=(shardings, replicated),
         donate_argnums=(0,))
-    self._zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params),
+    self._zeros = jax.jit(lambda params: jax.tree.map(
+        lambda p: jnp.zeros_like(p, jnp.float32), params),
                           in_shardings=(shardings.params,), out_shardings=shardings.params)
 
   def precompile(self, state: TrainState, chunk_shapes: Sequence[dict]) -> None:
