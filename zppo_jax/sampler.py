@@ -294,13 +294,6 @@ class Sampler:
     self._programs[key] = program
     return program
 
-  def _call_programs(self, rows, prompt_slots, new_slots, num_samples, dtype, num_stops, top_k,
-                     top_p, temperature):
-    """The (prefill, decode) programs of a call with these shapes and settings."""
-    return (self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype),
-            self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype,
-                                 bucket(num_stops, 8), top_k, top_p < 1.0, temperature == 0))
-
   def precompile(self, params, num_prompts: int, prompt_len: int, *, max_new_tokens: int,
                  rows: int = 0, prompt_slots: int = 0, new_slots: int = 0, **settings) -> None:
     """Builds the programs that `generate` with these sizes and settings will run, by running
@@ -354,8 +347,9 @@ class Sampler:
     dtype = params["embed"].dtype
     if self.mesh is not None:
       params = jax.device_put(params, self._param_shardings)  # no-op when already placed
-    prefill, decode = self._call_programs(rows, prompt_slots, new_slots, num_samples, dtype,
-                                          len(stop_token_ids), top_k, top_p, temperature)
+    prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype)
+    decode = self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype, len(stops),
+                                  top_k, top_p < 1.0, temperature == 0)
     cache, logits = prefill(params, self._put(ids, ("batch", None)),
                             self._put(mask, ("batch", None)))
     out, _ = decode(params, cache, logits, self._put(live, ("batch",)), np.uint32(seed),
