@@ -60,6 +60,10 @@ def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
     groups = (line["questions/new"] + line["questions/replayed"] + line["bcq/count"]
               + line["ncq/count"])
     assert line["train/rows"] == 8 * groups
+    # rows of zero-variance groups (advantage 0, no gradient under GRPO) run no program
+    flat = round(line["zero_advantage_fraction"] * groups)
+    assert line["train/trained_rows"] == 8 * (groups - flat)
+    assert line["train/trained_tokens"] <= line["train/tokens"]
   assert lines[-1]["buffer/graduated_total"] >= 1
   assert total("questions/replayed") > 0
   assert all(math.isfinite(line["train/loss"]) for line in lines)

@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
-from zppo_jax import logprobs, sharding
+from zppo_jax import logprobs, losses, sharding
 from zppo_jax import train_step as ts
 from zppo_jax.models import qwen3_5
 
@@ -79,16 +79,18 @@ def _compiled(mesh_shape, cfg_json, axis_types):
   return mesh, optimizer, shardings, ts.TrainStep(CONFIG, optimizer, cfg, mesh, shardings)
 
 
-def _run(mesh_shape=(1, 1, 1), batch=None, axis_types="auto", chunks=None, **overrides):
+def _run(mesh_shape=(1, 1, 1), batch=None, axis_types="auto", chunks=None, left_out=(),
+         **overrides):
   """One step from the initial params on a mesh of the first prod(mesh_shape) devices, on
-  the batch as one chunk (or on `chunks`): (new state, metrics)."""
+  the batch as one chunk (or on `chunks`, with the loss-token counts of rows `left_out`):
+  (new state, metrics)."""
   cfg = _cfg(**overrides)
   mesh, optimizer, shardings, step = _compiled(mesh_shape, cfg.to_json(), axis_types)
   state = ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0, shardings)
-  chunks = chunks or [_batch() if batch is None else batch]
+  chunks = [_batch() if batch is None else batch] if chunks is None else chunks
   for chunk in chunks:
     ts.check_batch(chunk, mesh)
-  return step(state, ts.weigh_rows(chunks, cfg.loss))
+  return step(state, ts.weigh_rows(chunks, cfg.loss, left_out=left_out))
 
 
 def test_token_scores_match_full_logits():
@@ -178,6 +180,64 @@ def test_chunks_of_any_length_equal_one_big_batch(aggregation):
     np.testing.assert_allclose(acc[name], one[name], rtol=1e-4, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                acc_state.params, one_state.params)
+
+
+@pytest.mark.parametrize("aggregation,mask_truncated", [
+    ("token_mean", False), ("sequence_mean", True), ("constant", False)])
+def test_inert_rows_left_out_give_the_same_step(aggregation, mask_truncated):
+  """The rows `losses.inert_rows` names (advantage 0 under GRPO with beta 0), left out of
+  the chunks and counted through `left_out`, give the step of the whole batch: same loss,
+  gradient norm and params, for every aggregation."""
+  cfg_loss = _cfg().loss
+  cfg_loss.update(aggregation=aggregation, max_tokens=16, mask_truncated=mask_truncated)
+  advantages = np.array([1.0, 0.0, -0.5, 2.0, 0.0, -1.0, 0.0, 0.5], np.float32)
+  batch = _batch(seed=3, advantages=advantages)
+  one_state, one = _run(batch=batch, loss=cfg_loss)
+  inert = losses.inert_rows(advantages, cfg_loss)
+  assert inert.tolist() == (advantages == 0).tolist()
+  mask = np.asarray(losses.effective_mask(batch, mask_truncated))
+  chunks = _cut(batch, [np.flatnonzero(~inert)], trim=True)
+  acc_state, acc = _run(chunks=chunks, left_out=mask[inert].sum(1), loss=cfg_loss)
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(acc[name], one[name], rtol=1e-5, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+               acc_state.params, one_state.params)
+  # without their counts the normalisation changes and so does the step (token_mean and
+  # sequence_mean divide by the batch, constant by its row count)
+  _, wrong = _run(chunks=chunks, loss=cfg_loss)
+  assert abs(float(wrong["loss"]) - float(one["loss"])) > 1e-3 * abs(float(one["loss"]))
+
+
+def test_inert_rows_only_under_a_loss_without_other_terms():
+  cfg_loss = _cfg().loss
+  advantages = np.array([0.0, 1.0, 0.0])
+  assert losses.inert_rows(advantages, cfg_loss).tolist() == [True, False, True]
+  cfg_loss.beta = 0.04  # the KL to the reference has a gradient on every row
+  assert not losses.inert_rows(advantages, cfg_loss).any()
+  for name in ("on_policy_distill", "off_policy_distill"):
+    cfg_loss.update(beta=0.0, name=name)
+    assert not losses.inert_rows(advantages, cfg_loss).any()
+
+
+def test_a_step_without_chunks_is_the_update_on_a_zero_gradient():
+  """When every row is inert the step runs no gradient program, and the update equals the
+  one on the batch of zero advantages: AdamW's moments from an earlier step still move the
+  params."""
+  cfg = _cfg()
+  mesh, optimizer, shardings, step = _compiled((1, 1, 1), cfg.to_json(), "auto")
+  fresh = lambda: ts.init_state(jax.device_put(_params(), shardings.params), optimizer, 0,
+                                shardings)
+  zero = ts.weigh_rows([_batch(advantages=np.zeros(B, np.float32))], cfg.loss)
+  ends = []
+  for second in (zero, []):
+    state, _ = step(fresh(), ts.weigh_rows([_batch()], cfg.loss))
+    state, metrics = step(state, second)
+    ends.append(state)
+  assert metrics["tokens"] == 0.0 and float(metrics["grad_norm"]) == 0.0
+  assert int(ends[1].step) == 2
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               ends[0].params, ends[1].params)
+  assert not np.array_equal(np.asarray(ends[1].params["embed"]), np.asarray(_params()["embed"]))
 
 
 def test_zero_advantages_and_masked_tokens_leave_params_unchanged():

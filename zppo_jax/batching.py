@@ -29,6 +29,11 @@ class Row:
   def __len__(self) -> int:
     return len(self.prompt) + len(self.completion)
 
+  def loss_tokens(self, mask_truncated: bool) -> int:
+    """The tokens that carry loss: the completion's (none of a truncated one when the loss
+    masks truncated completions), as `make_chunks`' loss_mask and `effective_mask` say."""
+    return 0 if mask_truncated and self.truncated else len(self.completion)
+
 
 def length_buckets(longest: int, step: int) -> tuple[int, ...]:
   """Chunk lengths up to one that holds `longest`: multiples of `step` up to 8 steps, then

@@ -240,6 +240,18 @@ POLICY_LOSSES: dict[str, Callable] = {
 }
 
 
+def inert_rows(advantages, cfg) -> np.ndarray:
+  """advantages [N] (host) -> [N] bool: rows whose per-token loss, and so gradient, is exactly
+  zero under the loss `cfg`: GRPO rows with advantage 0 (a zero-variance group) when no KL
+  term is added (beta 0). The train step leaves them out, which changes no update: their
+  loss tokens still count in the aggregation's normalisation (`train_step.weigh_rows`). The
+  other losses train on every row."""
+  advantages = np.asarray(advantages, np.float32)
+  if cfg.name == "grpo" and not cfg.beta:
+    return advantages == 0.0
+  return np.zeros(advantages.shape, bool)
+
+
 def get_policy_loss(name: str) -> Callable:
   if name not in POLICY_LOSSES:
     raise ValueError(f"loss.name must be one of {sorted(POLICY_LOSSES)}, got {name!r}")

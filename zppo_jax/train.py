@@ -720,17 +720,28 @@ class Trainer:
       advantages = list(losses.group_advantages(
           np.stack([g.rewards for g in groups]), c.train.loss.scale_std))
     rows = train_rows(groups, advantages)
+    # Rows without gradient (a zero-variance group under GRPO) only count in the loss's
+    # normalisation: no program runs on them.
+    inert = losses.inert_rows([r.advantage for r in rows], c.train.loss)
+    trained = [r for r, skip in zip(rows, inert) if not skip]
     chunks = ts.weigh_rows(
-        batching.make_chunks(rows, chunk_rows=c.train.chunk_rows, buckets=self.length_buckets,
+        batching.make_chunks(trained, chunk_rows=c.train.chunk_rows,
+                             buckets=self.length_buckets,
                              pad_id=self.models.tokenizer.endoftext_id),
-        c.train.loss, c.rollout.max_new_tokens)
+        c.train.loss, c.rollout.max_new_tokens,
+        left_out=[r.loss_tokens(c.train.loss.mask_truncated)
+                  for r, skip in zip(rows, inert) if skip])
     chunks = [self._scored(ts.shard_batch(chunk, self.mesh)) for chunk in chunks]
     for _ in range(c.num_iterations):
       self.state, metrics = self.step_fn(self.state, chunks)
     out = {f"train/{k}": v for k, v in metrics.items()}
     positions = sum(chunk["tokens"].size for chunk in chunks)
-    out.update({"train/rows": float(len(rows)), "train/chunks": float(len(chunks)),
-                "train/padding": 1.0 - sum(len(r) for r in rows) / positions})
+    out.update({"train/rows": float(len(rows)), "train/trained_rows": float(len(trained)),
+                "train/chunks": float(len(chunks)),
+                "train/tokens": float(sum(r.loss_tokens(c.train.loss.mask_truncated)
+                                          for r in rows)),
+                "train/trained_tokens": metrics["tokens"],
+                "train/padding": 1.0 - sum(len(r) for r in trained) / max(positions, 1)})
     return out
 
   def _scored(self, chunk: dict) -> dict:

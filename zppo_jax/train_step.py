@@ -198,19 +198,26 @@ def apply_gradients(state: TrainState, grads, *, optimizer, cfg):
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def weigh_rows(chunks: Sequence[dict], loss_cfg, max_tokens: int = 0) -> list[dict]:
+def weigh_rows(chunks: Sequence[dict], loss_cfg, max_tokens: int = 0,
+               left_out: Sequence[float] = ()) -> list[dict]:
   """The chunks with `row_weights` [R]: each loss token's weight in the step's loss, from
   the loss-token counts of every row of every chunk (`losses.row_weights`), so that the sum
   over chunks is the loss of the whole batch however it was cut. Host arrays in and out.
-  `max_tokens` is the `constant` aggregation's budget when `loss.max_tokens` is 0."""
+  `max_tokens` is the `constant` aggregation's budget when `loss.max_tokens` is 0.
+  `left_out`: the loss-token counts of the batch's rows that no chunk holds because they
+  have no gradient (`losses.inert_rows`); they count in the normalisation as if present."""
+  if not chunks:
+    return []
   counts = [np.asarray(c["loss_mask"], np.float32).sum(axis=1) for c in chunks]
   if loss_cfg.mask_truncated:
     counts = [n * ~np.asarray(c["truncated"], bool) for n, c in zip(counts, chunks)]
   real = [np.asarray(c["real"], bool) if "real" in c else np.ones(len(n), bool)
           for n, c in zip(counts, chunks)]
-  weights = losses.row_weights(np.concatenate(counts)[np.concatenate(real)],
-                               loss_cfg.aggregation, loss_cfg.max_tokens or max_tokens or
-                               max(np.asarray(c["tokens"]).shape[1] for c in chunks))
+  weights = losses.row_weights(
+      np.concatenate([np.concatenate(counts)[np.concatenate(real)],
+                      np.asarray(left_out, np.float32)]),
+      loss_cfg.aggregation, loss_cfg.max_tokens or max_tokens or
+      max(np.asarray(c["tokens"]).shape[1] for c in chunks))
   out, start = [], 0
   for chunk, rows in zip(chunks, real):
     w = np.zeros(len(rows), np.float32)
@@ -269,8 +276,8 @@ class TrainStep:
     self._apply.lower(state, state.params).compile()
 
   def __call__(self, state: TrainState, chunks: Sequence[dict]):
-    if not chunks:
-      raise ValueError("a train step needs at least one chunk")
+    """No chunks is the update on a zero gradient (every row of the batch was inert,
+    `losses.inert_rows`): the optimizer's moments still move as they would on the batch."""
     if any("row_weights" not in chunk for chunk in chunks):
       raise ValueError("a chunk has no row_weights: pass the chunks through "
                        "train_step.weigh_rows first")
@@ -280,8 +287,9 @@ class TrainStep:
       grads, chunk_sums = self._accumulate(grads, state.params, chunk)
       sums.append(chunk_sums)
     state, update = self._apply(state, grads)
-    total = {k: float(np.sum([s[k] for s in jax.device_get(sums)], dtype=np.float64))
-             for k in sums[0]}
+    sums = jax.device_get(sums)
+    total = {k: float(np.sum([s[k] for s in sums], dtype=np.float64))
+             for k in (sums[0] if sums else ("loss", "tokens"))}
     tokens = max(total["tokens"], 1.0)
     metrics = {k: v / tokens for k, v in total.items() if k not in ("loss", "tokens")}
     metrics.update(loss=total["loss"], tokens=total["tokens"],
