@@ -70,23 +70,37 @@ def _linear(x, p, name):
   return y if bias is None else y + bias
 
 
-def attend(q, k, v, mask, scale):
+def attend(q, k, v, mask, scale, own=None):
   """Grouped-query softmax attention without repeating K/V (query head i reads kv head
   i // (H / H_kv), as transformers' repeat_kv). Scores and softmax in float32. Used for
   decode steps; segments of several queries go through `jax.nn.dot_product_attention`,
   whose fused kernels are faster there (1.3x at T = 4096 on CPU).
 
   q: [B, T, H, hd]; k, v: [B, H_kv, S, hd] (slots next to head_dim, so a decode step's dots
-  need no transpose); mask: [B, T, S] bool, True where a query may see a slot; every row
-  must see at least one slot. Returns [B, T, H, hd].
+  need no transpose); mask: [B, T, S] bool, True where a query may see a slot.
+  own: None, or a decode step's own key and value [B, H_kv, 1, hd] (T = 1), seen besides
+  the slots: the cache is then only read, never read after this step's write, which would
+  make XLA copy it whole on every step. Every query must see at least one key.
+  Returns [B, T, H, hd].
   """
   batch, length, heads, hd = q.shape
   kv_heads = k.shape[1]
   q = q.reshape(batch, length, kv_heads, heads // kv_heads, hd)
   scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(batch, length, heads, hd)
+  if own is None:
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(batch, length, heads, hd)
+  own_k, own_v = own
+  own_score = jnp.einsum("btkgd,bksd->bkgts", q, own_k,
+                         preferred_element_type=jnp.float32) * scale     # [B, H_kv, g, 1, 1]
+  top = jnp.maximum(jnp.max(scores, axis=-1, keepdims=True), own_score)
+  probs, own_prob = jnp.exp(scores - top), jnp.exp(own_score - top)
+  total = jnp.sum(probs, axis=-1, keepdims=True) + own_prob
+  out = (jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v,
+                    preferred_element_type=jnp.float32)
+         + own_prob * own_v[:, :, None].astype(jnp.float32)) / total
+  return jnp.moveaxis(out, 3, 1).astype(v.dtype).reshape(batch, length, heads, hd)
 
 
 def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
@@ -97,12 +111,13 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
     p: one layer's attention params.
     x: [B, T, D] normed hidden states.
     cos, sin: [B, T, rotary_dim].
-    kv_cache: None (keys are this segment's) or (keys, values, index): [B, H_kv, S, hd]
-      buffers and the slot where this segment starts.
+    kv_cache: None (keys are this segment's) or (keys, values, index): this layer's
+      [B, H_kv, S, hd] cache, only read (the caller writes the segment's keys into it, so
+      that a decode step never copies it), and the slot where this segment starts.
     kv_mask: [B, T, S] boolean, which key slots each query may see (padding and causality).
     query_block: queries per block; the score tensor is [B, H, query_block, S] at most.
   Returns:
-    ([B, T, D], (keys, values) [B, H_kv, S or T, hd] as stored).
+    ([B, T, D], (k, v) [B, H_kv, T, hd]: this segment's keys and values, to store).
   """
   batch, length, _ = x.shape
   hd, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
@@ -114,11 +129,19 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
   v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
   q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  k_all, v_all = k, v
   if kv_cache is not None:
     keys, values, index = kv_cache
-    k = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, 0, index, 0))
-    v = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, 0, index, 0))
-  k_all, v_all = k.astype(q.dtype), v.astype(q.dtype)
+    if length == 1:  # a decode step: the cache's slots, then its own key
+      old_mask = kv_mask & (jnp.arange(keys.shape[2]) != index)[None, None]
+      out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), old_mask, hd ** -0.5,
+                   own=(k.astype(q.dtype), v.astype(q.dtype)))
+      out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
+      return _linear(out, p, "o_proj"), (k, v)
+    # A segment of several tokens attends over a copy of the cache holding its own keys.
+    k_all = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, 0, index, 0))
+    v_all = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, 0, index, 0))
+  k_all, v_all = k_all.astype(q.dtype), v_all.astype(q.dtype)
   outs = []
   # Query blocks bound the score tensor to [B, H, block, S]; without a cache the keys are this
   # segment's, so a block needs only the keys up to its own end (causal skipping).

@@ -127,62 +127,74 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   num_blocks = c.num_hidden_layers // period
   per_block = {LINEAR: pattern.count(LINEAR), FULL: pattern.count(FULL)}
   conv0 = jnp.zeros((batch, c.linear_conv_kernel_dim - 1, c.linear_conv_dim), dtype)
-  # The cache stacks ride in the scan carry and each layer reads and writes its own slice:
-  # XLA updates loop-carried buffers in place, where scanning them as xs/ys would copy the
-  # whole cache on every decode step.
-  stacks = None if cache is None else {
-      "conv": cache.conv, "recurrent": cache.recurrent, "keys": cache.keys,
-      "values": cache.values}
+  # Each block takes its layers' conv and delta-rule states as scan inputs and returns the
+  # new ones whole (a decode step rewrites them anyway). It reads the KV stacks in place
+  # and returns only the segment's own keys and values, which one update writes into the
+  # stacks after the scan: a layer that wrote its slots inside the scan and read them back
+  # would make XLA copy the whole KV cache on every decode step.
+  states = None if cache is None else {"conv": cache.conv, "recurrent": cache.recurrent}
 
-  def read(stacks, name, i):
-    return jax.lax.dynamic_index_in_dim(stacks[name], i, keepdims=False)
-
-  def write(stacks, name, i, x):
-    return {**stacks, name: jax.lax.dynamic_update_index_in_dim(
-        stacks[name], x.astype(stacks[name].dtype), i, 0)}
-
-  def block(carry, xs):
-    h, stacks = carry
-    p_lin, p_full, b = xs
+  def block(h, xs):
+    p_lin, p_full, b, old = xs
     i_lin = i_full = 0
+    new = {"conv": [], "recurrent": [], "keys": [], "values": []}
     for layer_type in pattern:
       if layer_type == LINEAR:
         p = jax.tree.map(lambda x: x[i_lin], p_lin)
-        j = b * per_block[LINEAR] + i_lin
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
-        conv, rec = ((conv0, None) if stacks is None else
-                     (read(stacks, "conv", j), read(stacks, "recurrent", j)))
+        conv, rec = (conv0, None) if old is None else (old["conv"][i_lin],
+                                                       old["recurrent"][i_lin])
         x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
                                              recurrent_state=rec, chunk_size=chunk_size)
-        if stacks is not None:
-          stacks = write(write(stacks, "conv", j, conv), "recurrent", j, rec)
+        new["conv"].append(conv.astype(conv0.dtype))
+        new["recurrent"].append(rec)
         i_lin += 1
       else:
         p = jax.tree.map(lambda x: x[i_full], p_full)
-        j = b * per_block[FULL] + i_full
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
-        kv = None if stacks is None else (read(stacks, "keys", j), read(stacks, "values", j),
-                                          cache.index)
+        j = b * per_block[FULL] + i_full
+        kv = None if old is None else (  # read in place: the KV stacks are not scanned over
+            jax.lax.dynamic_index_in_dim(cache.keys, j, keepdims=False),
+            jax.lax.dynamic_index_in_dim(cache.values, j, keepdims=False), cache.index)
         x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask)
-        if stacks is not None:
-          stacks = write(write(stacks, "keys", j, k), "values", j, v)
+        new["keys"].append(k)
+        new["values"].append(v)
         i_full += 1
       h = h + x
       h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"], c.rms_norm_eps))
-    return (h, stacks), None
+    if old is None:
+      return h, None
+    dtypes = {"conv": cache.conv.dtype, "recurrent": jnp.float32, "keys": cache.keys.dtype,
+              "values": cache.values.dtype}
+    return h, {name: jnp.stack(xs).astype(dtypes[name]) for name, xs in new.items() if xs}
 
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
   if REMAT_POLICIES[remat] is not None:
     block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
   xs = (_blocks(params["linear"], num_blocks), _blocks(params["full"], num_blocks),
-        jnp.arange(num_blocks))
-  (h, stacks), _ = jax.lax.scan(block, (h, stacks), xs)
+        jnp.arange(num_blocks), None if states is None else _blocks(states, num_blocks))
+  h, written = jax.lax.scan(block, h, xs)
   h = layers.rms_norm(h, params["final_norm"], c.rms_norm_eps)
   if cache is None:
     return h
+  # [L, ...]; a model without one of the layer kinds keeps its empty stacks
+  written = {"conv": cache.conv, "recurrent": cache.recurrent, "keys": cache.keys[:, :, :, :0],
+             "values": cache.values[:, :, :, :0],
+             **jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), written)}
+  # The writes must follow every read of the old slots, or XLA copies the KV buffers whole
+  # to keep the reads' version: a data dependency on h (which needs every read) orders
+  # them (an optimization barrier does not survive XLA's CPU pipeline). It adds 0 to each
+  # row's keys, or NaN to a row whose hidden state already is NaN.
+  after_reads = (0.0 * h[:, -1, 0])[None, :, None, None, None]
+  written = {**written, **{name: written[name] + after_reads.astype(written[name].dtype)
+                           for name in ("keys", "values")}}
   new_cache = Cache(
-      **stacks, valid=valid, index=cache.index + length,
+      conv=written["conv"], recurrent=written["recurrent"],
+      keys=jax.lax.dynamic_update_slice(cache.keys, written["keys"], (0, 0, 0, cache.index, 0)),
+      values=jax.lax.dynamic_update_slice(cache.values, written["values"],
+                                          (0, 0, 0, cache.index, 0)),
+      valid=valid, index=cache.index + length,
       position=cache.position + jnp.sum(mask, axis=1, dtype=jnp.int32))
   return h, new_cache
 
