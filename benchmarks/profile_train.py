@@ -13,8 +13,9 @@ first run filled), and reports:
 
     python benchmarks/profile_train.py --rev HEAD~1 --out benchmarks/profile_tiny.json
 
-The previous commit is checked out with `git worktree` into a temporary folder. Trainer
-arguments after `--` go to both runs (default: configs/tiny.py as the README runs it).
+Each previous commit (`--rev`, repeatable) is checked out with `git worktree` into a
+temporary folder. Trainer arguments after `--` go to every run (default: configs/tiny.py
+as the README runs it).
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def run_tree(label: str, tree: str, train_args: list[str], cache: str) -> dict:
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--rev", default="", help="a previous commit to run side by side")
+  p.add_argument("--rev", action="append", default=[],
+                 help="a previous commit to run side by side (repeat for several)")
   p.add_argument("--out", default="")
   p.add_argument("--child", default="", help=argparse.SUPPRESS)
   p.add_argument("--child_out", default="", help=argparse.SUPPRESS)
@@ -170,17 +172,17 @@ def main():
     return
   results = {"command": " ".join(sys.argv), "cpu_count": os.cpu_count(),
              "matmul_peak_gflops": matmul_peak_gflops(), "train_args": train_args}
+  results["previous"] = {}
   with tempfile.TemporaryDirectory() as tmp:
-    if args.rev:
-      tree = os.path.join(tmp, "previous")
-      subprocess.run(["git", "worktree", "add", "--detach", tree, args.rev], cwd=REPO,
+    for n, rev in enumerate(args.rev):
+      short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+      tree = os.path.join(tmp, f"previous_{n}")
+      subprocess.run(["git", "worktree", "add", "--detach", tree, rev], cwd=REPO,
                      check=True, capture_output=True)
       try:
-        results["previous"] = run_tree(f"previous ({args.rev})", tree, train_args,
-                                       os.path.join(tmp, "xla_previous"))
-        results["previous"]["rev"] = subprocess.run(
-            ["git", "rev-parse", "--short", args.rev], cwd=REPO, capture_output=True,
-            text=True).stdout.strip()
+        results["previous"][short] = run_tree(f"previous ({rev})", tree, train_args,
+                                              os.path.join(tmp, f"xla_previous_{n}"))
       finally:
         subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=REPO)
     # twice, sharing one compilation cache: the second run is what a rerun of the same config
