@@ -171,3 +171,19 @@ def test_losses_are_chosen_by_name_and_name_missing_fields():
     losses.grpo(scores, {**batch, "advantages": jnp.ones(1)}, _cfg(beta=0.1))
   with pytest.raises(ValueError, match=r"loss.forward_kl = 0.5 .*'teacher_topk_ids'"):
     losses.off_policy_distill(scores, batch, _cfg(forward_kl=0.5))
+
+
+def test_diagnostics_by_hand():
+  """Mismatch on the sampled tokens only (not a teacher row's, not masked padding holding
+  anything), KL to the start as k3, masked tokens 0."""
+  logprobs = jnp.array([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
+  batch = dict(loss_mask=jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
+               sampler_logprobs=jnp.array([[-1.5, -2.0, jnp.nan], [0.0, 0.0, 0.0]]),
+               off_policy=jnp.array([False, True]),
+               ref_logprobs=jnp.array([[-1.0, -1.0, jnp.inf], [-2.0, -1.0, -1.0]]))
+  out = losses.diagnostics(logprobs, batch)
+  np.testing.assert_allclose(out["logprob_mismatch"], [[0.5, 0, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(out["sampled"], [[1, 1, 0], [0, 0, 0]])
+  k3 = lambda d: np.exp(d) - d - 1  # noqa: E731  (d = ref - logp)
+  np.testing.assert_allclose(out["kl_to_start"], [[0, k3(1.0), 0], [k3(-1.0), 0, 0]], rtol=1e-6)
+  assert set(losses.diagnostics(logprobs, {"loss_mask": batch["loss_mask"]})) == set()

@@ -67,6 +67,12 @@ def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
   assert lines[-1]["buffer/graduated_total"] >= 1
   assert total("questions/replayed") > 0
   assert all(math.isfinite(line["train/loss"]) for line in lines)
+  # diagnostics: the rollouts' entropy estimate, sampler and train step agreeing on the
+  # sampled tokens' log-probs (no KL to the start unless log.kl_to_start)
+  assert all(0 < line["rollout/entropy"] < math.log(512) for line in lines)
+  trained = [line for line in lines if line["train/trained_rows"]]
+  assert trained and all(line["train/logprob_mismatch"] < 1e-4 for line in trained)
+  assert not any("train/kl_to_start" in line for line in lines)
   assert all(0 <= line["reward/mean"] <= 1 for line in lines)
   # grading is timed within the step, and the tiny task's integer answers never need sympy
   assert all(0 < line["time/grade"] < line["time/step"] for line in lines)
@@ -180,3 +186,8 @@ def test_other_policies_are_scored_per_chunk(tmp_path):
   for line in lines:
     assert math.isfinite(line["train/loss"]) and line["train/kl"] > 0
     assert line["train/reverse_kl"] != 0 and line["train/chunks"] >= 1
+    # the reference is the starting student: the drift diagnostic is the loss's KL term
+    assert line["train/kl_to_start"] == pytest.approx(line["train/kl"], rel=1e-5)
+    # the first pass scores the sampled tokens with the params that sampled them
+    assert line["train/logprob_mismatch"] < 1e-4
+    assert line["rollout/entropy"] > 0

@@ -255,6 +255,22 @@ def test_zero_advantages_and_masked_tokens_leave_params_unchanged():
   assert float(m1["loss"]) == float(m2["loss"]) and float(m1["grad_norm"]) == float(m2["grad_norm"])
 
 
+def test_logprob_mismatch_is_a_mean_over_sampled_tokens():
+  """Sampler log-probs 0.25 off the train step's on every sampled token, and far off on a
+  teacher row (off_policy): the mismatch is 0.25, the teacher row counted in neither sum
+  nor count; with the starting policy's log-probs equal to the current ones, no KL."""
+  batch = _batch()
+  current = np.asarray(logprobs.token_scores(CONFIG, _params(), batch["tokens"],
+                                             batch["attention_mask"], chunk_size=7)["logprobs"])
+  off = np.arange(B) == 2
+  batch.update(sampler_logprobs=np.where(off[:, None], current - 5.0, current - 0.25),
+               off_policy=off, ref_logprobs=current)
+  _, metrics = _run(batch=batch)
+  assert metrics["logprob_mismatch"] == pytest.approx(0.25, abs=1e-4)
+  assert metrics["kl_to_start"] == pytest.approx(0.0, abs=1e-6)
+  assert "sampled" not in metrics
+
+
 def test_truncated_rows_are_masked_when_asked():
   cfg_loss = _cfg().loss
   cfg_loss.mask_truncated = True

@@ -240,6 +240,31 @@ POLICY_LOSSES: dict[str, Callable] = {
 }
 
 
+def diagnostics(logprobs: Array, batch: dict) -> dict[str, Array]:
+  """Per-token [B, T] figures that show a run going wrong, never part of the loss; from the
+  current policy's `logprobs` (stop-gradient) and what the batch holds:
+  logprob_mismatch: |log pi_train - log pi_sampler| on the tokens the student sampled (0 on
+    rows flagged `off_policy`, which no sampler wrote; `sampled` [B, T] marks the others);
+    kernels and precision make it nonzero, a bug in either makes it large.
+  kl_to_start: the k3 estimate of KL(pi || pi_start) per token, when the batch carries the
+    starting policy's log-probs (`ref_logprobs`).
+  Masked tokens hold 0."""
+  mask = batch["loss_mask"] > 0
+  logprobs = jax.lax.stop_gradient(logprobs)
+  out = {}
+  if "sampler_logprobs" in batch:
+    sampled = mask
+    if "off_policy" in batch:
+      sampled = sampled & ~batch["off_policy"][:, None]
+    out["logprob_mismatch"] = jnp.where(sampled, jnp.abs(logprobs - batch["sampler_logprobs"]),
+                                        0.0)
+    out["sampled"] = sampled.astype(jnp.float32)
+  if "ref_logprobs" in batch:
+    out["kl_to_start"] = jnp.where(mask, kl_k3(logprobs, jnp.where(mask, batch["ref_logprobs"],
+                                                                    logprobs)), 0.0)
+  return out
+
+
 def inert_rows(advantages, cfg) -> np.ndarray:
   """advantages [N] (host) -> [N] bool: rows whose per-token loss, and so gradient, is exactly
   zero under the loss `cfg`: GRPO rows with advantage 0 (a zero-variance group) when no KL

@@ -173,7 +173,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # dir: "" = <workdir>/checkpoints; on several hosts a place all of them share (gs://...)
   c.checkpoint = dict(every=10, keep=3, async_save=True, dir="")
-  c.log = dict(every=1, samples_every=10, num_samples=2, tensorboard=True, progress=True)
+  # kl_to_start: score the trained rows under the starting student too (train/kl_to_start;
+  # keeps a copy of its params, one more forward pass per chunk)
+  c.log = dict(every=1, samples_every=10, num_samples=2, tensorboard=True, progress=True,
+               kl_to_start=False)
   c.export = dict(at_end=True, dir="")  # "" = <workdir>/export
   return c
 

@@ -174,7 +174,13 @@ def _loss(params, batch, *, model_config, cfg, batch_spec):
   sums = {name: jnp.sum(mask * jax.lax.stop_gradient(value))
           for name, value in {**metrics, "entropy": scores["entropy"],
                               "logprob": scores["logprobs"]}.items()}
+  sums.update({name: jnp.sum(value) for name, value in
+               losses.diagnostics(scores["logprobs"], batch).items()})
   return loss, {**sums, "loss": loss, "tokens": jnp.sum(mask)}
+
+
+# Metric sums that are means over another count than the loss tokens: {metric: count}.
+_MEAN_OVER = {"logprob_mismatch": "sampled"}
 
 
 def accumulate(grads, params, chunk, *, model_config, cfg, batch_spec=None):
@@ -247,9 +253,10 @@ class TrainStep:
   the optimizer. Chunks of different lengths are how a batch avoids padding its short rows
   to its longest one.
 
-  Metrics: loss, grad_norm, learning_rate, tokens, and loss-token means of entropy, logprob
-  and each loss's own metrics (ratio, clip_fraction, kl, sampler_weight, reverse_kl, nll,
-  forward_kl)."""
+  Metrics: loss, grad_norm, learning_rate, tokens, loss-token means of entropy, logprob,
+  each loss's own metrics (ratio, clip_fraction, kl, sampler_weight, reverse_kl, nll,
+  forward_kl) and kl_to_start, and logprob_mismatch over the sampled tokens
+  (`losses.diagnostics`)."""
 
   def __init__(self, model_config, optimizer, cfg, mesh, shardings: TrainState,
                rules=sharding.DEFAULT_RULES):
@@ -291,7 +298,9 @@ class TrainStep:
     total = {k: float(np.sum([s[k] for s in sums], dtype=np.float64))
              for k in (sums[0] if sums else ("loss", "tokens"))}
     tokens = max(total["tokens"], 1.0)
-    metrics = {k: v / tokens for k, v in total.items() if k not in ("loss", "tokens")}
+    metrics = {k: v / (max(total[_MEAN_OVER[k]], 1.0) if k in _MEAN_OVER else tokens)
+               for k, v in total.items()
+               if k not in ("loss", "tokens", *_MEAN_OVER.values())}
     metrics.update(loss=total["loss"], tokens=total["tokens"],
                    **{k: float(v) for k, v in jax.device_get(update).items()})
     return state, metrics
