@@ -191,7 +191,9 @@ def test_two_processes_match_one_and_survive_sigterm_and_kill(one_process, tmp_p
   for g, w in zip(got, want):
     assert g.keys() == w.keys()
     for key in w:
-      if key.startswith("train/") and w[key] is not None:
+      # float sums over the sampler's or the train step's numbers round differently when
+      # split over other devices; everything else (rewards, buffer, counts) is exact
+      if key.startswith(("train/", "rollout/")) and w[key] is not None:
         assert math.isclose(g[key], w[key], rel_tol=RTOL, abs_tol=1e-6), (g["step"], key)
       else:
         assert g[key] == w[key], (g["step"], key)
