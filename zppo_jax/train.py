@@ -732,12 +732,12 @@ class Trainer:
         left_out=[r.loss_tokens(c.train.loss.mask_truncated)
                   for r, skip in zip(rows, inert) if skip])
     chunks = [self._scored(ts.shard_batch(chunk, self.mesh)) for chunk in chunks]
-    passes = []
-    for _ in range(c.num_iterations):
+    for n in range(c.num_iterations):
       self.state, metrics = self.step_fn(self.state, chunks)
-      passes.append(metrics)
-    if "logprob_mismatch" in metrics:  # the sampled tokens under the params that sampled them
-      metrics["logprob_mismatch"] = passes[0]["logprob_mismatch"]
+      if n == 0:  # the sampled tokens scored by the params that sampled them
+        mismatch = metrics.get("logprob_mismatch")
+    if mismatch is not None:
+      metrics["logprob_mismatch"] = mismatch
     out = {f"train/{k}": v for k, v in metrics.items()}
     positions = sum(chunk["tokens"].size for chunk in chunks)
     out.update({"train/rows": float(len(rows)), "train/trained_rows": float(len(trained)),
@@ -773,10 +773,10 @@ class Trainer:
         "zero_advantage_fraction": float(np.mean(flat)) if flat else 0.0,
         "teacher/solved": sum(bool(solutions.get(x.question.id)) for x in hard),
         "response/length": _mean([[len(t) for t in x.completions] for x in groups]),
+        "response/truncated": _mean([x.truncated for x in groups]),
         # mean -log p of the sampled tokens: an unbiased estimate of the policy's entropy
         "rollout/entropy": _mean([-np.asarray(lp) for x in groups
                                   for lp, off in zip(x.logprobs, x.off_policy) if not off]),
-        "response/truncated": _mean([x.truncated for x in groups]),
         "buffer/size": len(self.buffer),
         "buffer/admitted": len(events.admitted),
         "buffer/graduated": len(events.graduated),

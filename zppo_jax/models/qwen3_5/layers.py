@@ -129,36 +129,41 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
   v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
   q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-  k_all, v_all = k, v
-  if kv_cache is not None:
+  if kv_cache is None:
+    out = _blocked_attention(q, k, v, kv_mask, query_block, causal=True)
+  else:
     keys, values, index = kv_cache
     if length == 1:  # a decode step: the cache's slots, then its own key
       old_mask = kv_mask & (jnp.arange(keys.shape[2]) != index)[None, None]
       out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), old_mask, hd ** -0.5,
                    own=(k.astype(q.dtype), v.astype(q.dtype)))
-      out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
-      return _linear(out, p, "o_proj"), (k, v)
-    # A segment of several tokens attends over a copy of the cache holding its own keys.
-    k_all = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, 0, index, 0))
-    v_all = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, 0, index, 0))
-  k_all, v_all = k_all.astype(q.dtype), v_all.astype(q.dtype)
+    else:  # several tokens attend over a copy of the cache holding their own keys
+      k_all = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, 0, index, 0))
+      v_all = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, 0, index, 0))
+      out = _blocked_attention(q, k_all, v_all, kv_mask, query_block, causal=False)
+  out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
+  return _linear(out, p, "o_proj"), (k, v)
+
+
+def _blocked_attention(q, k, v, mask, query_block: int, causal: bool):
+  """Attention of q [B, T, H, hd] over k, v [B, H_kv, S, hd] in blocks of queries, which
+  bound the score tensor to [B, H, query_block, S]; with `causal` (the keys are the
+  segment's own, slot t holding query t's key) a block reads only the keys up to its end."""
+  length, hd = q.shape[1], q.shape[-1]
+  k, v = k.astype(q.dtype), v.astype(q.dtype)
   outs = []
-  # Query blocks bound the score tensor to [B, H, block, S]; without a cache the keys are this
-  # segment's, so a block needs only the keys up to its own end (causal skipping).
   for start in range(0, length, query_block):
     end = min(start + query_block, length)
-    keys_end = end if kv_cache is None else k_all.shape[2]
-    q_blk, k_blk, v_blk = q[:, start:end], k_all[:, :, :keys_end], v_all[:, :, :keys_end]
-    mask_blk = kv_mask[:, start:end, :keys_end]
+    keys_end = end if causal else k.shape[2]
+    q_blk, k_blk, v_blk = q[:, start:end], k[:, :, :keys_end], v[:, :, :keys_end]
+    mask_blk = mask[:, start:end, :keys_end]
     if length == 1:
       outs.append(attend(q_blk, k_blk, v_blk, mask_blk, hd ** -0.5))
     else:
       outs.append(jax.nn.dot_product_attention(
           q_blk, jnp.swapaxes(k_blk, 1, 2), jnp.swapaxes(v_blk, 1, 2), mask=mask_blk[:, None],
           scale=hd ** -0.5))
-  out = jnp.concatenate(outs, axis=1)
-  out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
-  return _linear(out, p, "o_proj"), (k, v)
+  return jnp.concatenate(outs, axis=1)
 
 
 def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_state,

@@ -146,7 +146,7 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
                                                        old["recurrent"][i_lin])
         x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
                                              recurrent_state=rec, chunk_size=chunk_size)
-        new["conv"].append(conv.astype(conv0.dtype))
+        new["conv"].append(conv)
         new["recurrent"].append(rec)
         i_lin += 1
       else:
@@ -164,9 +164,8 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
       h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"], c.rms_norm_eps))
     if old is None:
       return h, None
-    dtypes = {"conv": cache.conv.dtype, "recurrent": jnp.float32, "keys": cache.keys.dtype,
-              "values": cache.values.dtype}
-    return h, {name: jnp.stack(xs).astype(dtypes[name]) for name, xs in new.items() if xs}
+    return h, {name: jnp.stack(xs).astype(getattr(cache, name).dtype)
+               for name, xs in new.items() if xs}
 
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
@@ -178,22 +177,22 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   h = layers.rms_norm(h, params["final_norm"], c.rms_norm_eps)
   if cache is None:
     return h
-  # [L, ...]; a model without one of the layer kinds keeps its empty stacks
-  written = {"conv": cache.conv, "recurrent": cache.recurrent, "keys": cache.keys[:, :, :, :0],
-             "values": cache.values[:, :, :, :0],
-             **jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), written)}
+  written = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), written)  # [L, ...]
   # The writes must follow every read of the old slots, or XLA copies the KV buffers whole
   # to keep the reads' version: a data dependency on h (which needs every read) orders
   # them (an optimization barrier does not survive XLA's CPU pipeline). It adds 0 to each
   # row's keys, or NaN to a row whose hidden state already is NaN.
   after_reads = (0.0 * h[:, -1, 0])[None, :, None, None, None]
-  written = {**written, **{name: written[name] + after_reads.astype(written[name].dtype)
-                           for name in ("keys", "values")}}
+
+  def store(name, stack):  # a model without layers of a kind keeps its empty stacks
+    if name not in written:
+      return stack
+    segment = (written[name] + after_reads).astype(stack.dtype)
+    return jax.lax.dynamic_update_slice(stack, segment, (0, 0, 0, cache.index, 0))
+
   new_cache = Cache(
-      conv=written["conv"], recurrent=written["recurrent"],
-      keys=jax.lax.dynamic_update_slice(cache.keys, written["keys"], (0, 0, 0, cache.index, 0)),
-      values=jax.lax.dynamic_update_slice(cache.values, written["values"],
-                                          (0, 0, 0, cache.index, 0)),
+      conv=written.get("conv", cache.conv), recurrent=written.get("recurrent", cache.recurrent),
+      keys=store("keys", cache.keys), values=store("values", cache.values),
       valid=valid, index=cache.index + length,
       position=cache.position + jnp.sum(mask, axis=1, dtype=jnp.int32))
   return h, new_cache
