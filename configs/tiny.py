@@ -32,10 +32,12 @@ def get_config(arg=None):
   c.data.level_weights = (0.5, 0.35, 0.15)  # the student's easy-to-hard mix (tiny_sft.py)
   c.questions_per_step = 4
   c.buffer.update(capacity=32, replay_per_step=4)
-  c.rollout.update(max_new_tokens=128, max_prompt_tokens=64)  # questions take ~30 tokens
-  c.teacher.max_new_tokens = 128
-  # 368 + the chat template's 10 tokens + 128 new: the longest row fills a 512-token chunk
-  c.zppo.update(max_prompt_tokens=368, max_candidate_tokens=128, max_ncq_responses=3)
+  # questions take ~30 tokens; a worked 3-digit solution up to 133 (4 digits: 169)
+  c.rollout.update(max_new_tokens=160, max_prompt_tokens=64)
+  c.teacher.max_new_tokens = 160
+  # 336 + the chat template's 10 tokens + 160 new: the longest row fills a 512-token chunk
+  c.zppo.update(max_prompt_tokens=336, max_candidate_tokens=144, max_ncq_responses=3)
+  c.log.kl_to_start = True   # the drift diagnostic (train/kl_to_start); cheap at this size
   c.eval.update(benchmarks=("heldout=synthetic:heldout;limit=128",
                             "transfer=synthetic:transfer;limit=64"), every=10)
   # CPU settings (benchmarks/RESULTS.md, issue 19): float32 (bfloat16 is emulated on CPU),

@@ -21,7 +21,7 @@ ARCHITECTURES = {
                     num_key_value_heads=2, head_dim=32, linear_num_key_heads=4,
                     linear_num_value_heads=8, linear_key_head_dim=16, linear_value_head_dim=16),
 }
-STEPS = {"student": 1000, "teacher": 1000}
+STEPS = {"student": 800, "teacher": 1200}
 # The student sees mostly short operands, the teacher the full range of the tiny default.
 LEVELS = {"student": (0.5, 0.35, 0.15), "teacher": (0.3, 0.3, 0.25, 0.15)}
 
@@ -39,11 +39,16 @@ def get_config(role="student"):
   c.tokenizer = tiny_tokenizer.DEFAULT_DIR
   c.teacher.source = "dataset"
   c.data.level_weights = LEVELS[role]
+  if role == "student":  # both styles, so that it samples both; and reading candidates
+    c.data.update(styles=("worked", "direct"), review_fraction=0.25)
   c.distill.student_rollouts = False
   c.questions_per_step = 32
   c.total_steps = STEPS[role]
   c.train.optimizer.update(learning_rate=3e-3, schedule="cosine", warmup_steps=50,
                            total_steps=STEPS[role], weight_decay=0.01)
+  # Review rows hold up to three candidates: ~400 tokens of prompt.
+  c.rollout.max_prompt_tokens = 512
+  c.train.update(chunk_rows=16, length_bucket=128, delta_chunk_size=32)  # CPU (tiny.py)
   c.checkpoint.every = 200
   c.log.samples_every = 0
   c.export.dir = f"{run_config.TINY_DIR}/tiny_{role}"

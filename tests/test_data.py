@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zppo_jax import data, rewards
+from zppo_jax import data, prompts, rewards
 
 ROWS = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
         for i in range(23)]
@@ -136,10 +136,48 @@ def test_synthetic_arithmetic_is_deterministic_correct_and_spread():
     # The worked solution is a correct response in the thinking format.
     assert rewards.is_correct(row["teacher_responses"][0], row["answer"])
     levels.append(int(row["id"].rsplit("L", 1)[1]))
+    if op == "*":  # by one digit, so that a level is as many columns as + and -
+      assert 2 <= int(b) <= 9
   assert set(levels) == {1, 2, 3, 4, 5, 6}
   assert data.ArithmeticSource(400, seed=4)[0][0] != source[0][0]
   with pytest.raises(ValueError, match="level_weights"):
     data.ArithmeticSource(10, level_weights=(0.0, 0.0))
+  with pytest.raises(ValueError, match="styles"):
+    data.ArithmeticSource(10, styles=("worked", "guess"))
+  with pytest.raises(ValueError, match="review_fraction"):
+    data.ArithmeticSource(10, review_fraction=1.5)
+
+
+def test_synthetic_solution_styles_and_review_rows():
+  """The tiny student's SFT rows: both styles of every question are correct; a review row
+  shows one to three candidates, in formats that are not ZPPO's BCQ/NCQ template, whose
+  wrong ones (a slipped step or a wrong direct answer) grade wrong, and asks for the worked
+  solution. The plain rows' questions are those of the default source."""
+  plain = data.ArithmeticSource(300, seed=1, level_weights=(0.5, 0.35, 0.15))
+  mixed = data.ArithmeticSource(300, seed=1, level_weights=(0.5, 0.35, 0.15),
+                                styles=("worked", "direct"), review_fraction=0.3)
+  reviews, right, wrong = 0, 0, 0
+  for i in range(len(mixed)):
+    row, base = mixed[i][0], plain[i][0]
+    if not row["id"].endswith("-review"):
+      assert row["question"] == base["question"]
+      worked, direct = row["teacher_responses"]
+      assert worked == base["teacher_responses"][0]
+      assert direct.count("\n") == 3  # <think>, one line, </think>, the answer
+      assert all(rewards.is_correct(r, row["answer"]) for r in (worked, direct))
+      continue
+    reviews += 1
+    assert row["question"].count(base["question"].removesuffix(".")) == 1
+    assert "### Response" not in row["question"] and prompts.BCQ_INSTRUCTION not in row["question"]
+    assert row["teacher_responses"] == base["teacher_responses"]
+    shown = re.findall(r"<think>.*?\$\.", row["question"], flags=re.S)
+    assert 1 <= len(shown) <= 3
+    for candidate in shown:
+      correct = rewards.is_correct(candidate, row["answer"])
+      right, wrong = right + correct, wrong + (not correct)
+      if not correct and "column" in candidate:  # a slip: a step off (and maybe a carry more)
+        assert candidate.count("\n") - base["teacher_responses"][0].count("\n") in (0, 1)
+  assert 60 <= reviews <= 120 and right > 30 and wrong > 30
 
 
 @pytest.fixture(scope="module")

@@ -68,11 +68,15 @@ def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
   assert total("questions/replayed") > 0
   assert all(math.isfinite(line["train/loss"]) for line in lines)
   # diagnostics: the rollouts' entropy estimate, sampler and train step agreeing on the
-  # sampled tokens' log-probs (no KL to the start unless log.kl_to_start)
+  # sampled tokens' log-probs, the KL to the starting student (tiny.py: log.kl_to_start),
+  # 0 at the first step, which trains the starting params
   assert all(0 < line["rollout/entropy"] < math.log(512) for line in lines)
   trained = [line for line in lines if line["train/trained_rows"]]
   assert trained and all(line["train/logprob_mismatch"] < 1e-4 for line in trained)
-  assert not any("train/kl_to_start" in line for line in lines)
+  drift = [line["train/kl_to_start"] for line in trained]
+  assert all(d >= 0 for d in drift) and drift[-1] > 0
+  if lines[0]["train/trained_rows"]:
+    assert lines[0]["train/kl_to_start"] == pytest.approx(0, abs=1e-6)
   assert all(0 <= line["reward/mean"] <= 1 for line in lines)
   # grading is timed within the step, and the tiny task's integer answers never need sympy
   assert all(0 < line["time/grade"] < line["time/step"] for line in lines)

@@ -95,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
       source="synthetic",       # synthetic | a .jsonl / .parquet path | tfds:<name>[:split]
       synthetic_size=20000,
       level_weights=(0.3, 0.3, 0.25, 0.15),
+      styles=("worked",),       # synthetic: solution styles of a row's teacher_responses
+                                # (worked | direct; data.synthetic.ArithmeticSource)
+      review_fraction=0.0,      # synthetic: share of rows that show candidate solutions
+                                # in their question (how the tiny student learns to read them)
       format="",                # "" = our own rows (or a TFDS preset); else a row format of
                                 # data.benchmarks (gsm8k, math500, aime, mmlu, mmlu_pro, arc, ...)
       tfds_data_dir="",

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from zppo_jax import (batching, checkpointing, compilation, evaluate, losses, multihost, prompts,
                       replay_buffer, rewards, rollouts, run_config, sharding)
@@ -182,7 +181,9 @@ def open_data(config):
   d = config.data
   if d.source == "synthetic":
     return synthetic.ArithmeticSource(d.synthetic_size, seed=config.seed,
-                                      level_weights=tuple(d.level_weights))
+                                      level_weights=tuple(d.level_weights),
+                                      styles=tuple(d.styles),
+                                      review_fraction=d.review_fraction)
   if d.source.startswith("tfds:"):
     body = d.source[len("tfds:"):]  # <name>[:split]; huggingface:<name> keeps its colon
     namespace = "huggingface:" if body.startswith("huggingface:") else ""
@@ -900,6 +901,8 @@ def _progress(m: dict) -> dict[str, str]:
   return {"reward": f"{m['reward/mean']:.3f}", "buffer": f"{m['buffer/size']:d}",
           "adm/grad": f"{m['buffer/admitted']:d}/{m['buffer/graduated']:d}",
           "bcq": f"{m['bcq/accuracy']:.2f}", "ncq": f"{m['ncq/accuracy']:.2f}",
+          # a collapse shows here first: entropy towards 0, every group flat
+          "entropy": f"{m['rollout/entropy']:.3f}", "flat": f"{m['zero_advantage_fraction']:.2f}",
           "tok/s": f"{m['throughput/sampled_tokens_per_s']:.0f}"}
 
 
@@ -916,22 +919,6 @@ def _mean(arrays) -> float:
 
 # ------------------------------------------------------------------------------ main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (:arg optional).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and exports go here.")
-_EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
-                                 "Export the newest checkpoint's student and exit.")
-_ON_CONFIG_CHANGE = flags.DEFINE_enum(
-    "on_config_change", "refuse", run_dir.ON_CHANGE,
-    "When the workdir holds a run with another config: refuse (naming the differing fields), "
-    "continue it with the new settings, or move the old run aside and start a new_run.")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", multihost.DISTRIBUTED,
-    "Start jax.distributed (one process per host): auto = when the flags below are given or "
-    "a Cloud TPU VM / SLURM / Open MPI cluster is detected.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (GPU clusters, CPU tests).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
@@ -953,6 +940,24 @@ def main(argv):
   trainer.run()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only here: other modules import the stages
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (:arg optional).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and exports go here.")
+  _EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
+                                   "Export the newest checkpoint's student and exit.")
+  _ON_CONFIG_CHANGE = flags.DEFINE_enum(
+      "on_config_change", "refuse", run_dir.ON_CHANGE,
+      "When the workdir holds a run with another config: refuse (naming the differing fields), "
+      "continue it with the new settings, or move the old run aside and start a new_run.")
+  _DISTRIBUTED = flags.DEFINE_enum(
+      "distributed", "auto", multihost.DISTRIBUTED,
+      "Start jax.distributed (one process per host): auto = when the flags below are given or "
+      "a Cloud TPU VM / SLURM / Open MPI cluster is detected.")
+  _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                     "host:port of process 0 (GPU clusters, CPU tests).")
+  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+  _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=run_config.parse_flags)

@@ -2,8 +2,8 @@
 
 A byte-level BPE with Qwen3.5's pre-tokenizer (one digit a token, so arithmetic stays
 learnable), NFC normalisation and the chat special tokens, trained on what the tiny run
-shows its model: synthetic arithmetic questions in the chat format, worked solutions and
-BCQ/NCQ prompts. It is saved as a standard `tokenizer.json`, so the tiny run loads it
+shows its model: synthetic arithmetic questions in the chat format, their solutions, the
+review rows of the student's SFT and BCQ/NCQ prompts. It is saved as a standard `tokenizer.json`, so the tiny run loads it
 through the same `Tokenizer.load` as official weights. Rebuild it with
 
     python -m zppo_jax.data.tiny_tokenizer [--out DIR] [--vocab_size N]
@@ -32,17 +32,21 @@ VOCAB_SIZE = 512  # an upper bound: the corpus yields fewer merges
 
 
 def corpus(num_questions: int = 3000, seed: int = 0):
-  """Training text: each synthetic question as a chat with its worked solution, and BCQ/NCQ
-  prompts that pair the solution with a wrong one."""
-  source = ArithmeticSource(num_questions, seed=seed, split="all")  # one vocabulary for all splits
+  """Training text: each synthetic question as a chat with its solutions (worked and direct,
+  and a quarter of them as the tiny student's review rows), and BCQ/NCQ prompts that pair
+  the worked solution with a wrong one."""
+  source = ArithmeticSource(num_questions, seed=seed, split="all",  # one vocabulary for all
+                            styles=("worked", "direct"), review_fraction=0.25)
   rng = np.random.default_rng(seed)
   for i in range(num_questions):
     row = source.row(i)
     solution = row["teacher_responses"][0]
-    wrong = solution.replace(f"\\boxed{{{row['answer']}}}", f"\\boxed{{{int(row['answer']) + 1}}}")
-    yield tokenizer_lib.render_chat([{"role": "user", "content": row["question"]},
-                                     {"role": "assistant", "content": solution}],
-                                    add_generation_prompt=False)
+    for response in row["teacher_responses"]:
+      yield tokenizer_lib.render_chat([{"role": "user", "content": row["question"]},
+                                       {"role": "assistant", "content": response}],
+                                      add_generation_prompt=False)
+    wrong = solution.replace(f"\\boxed{{{row['answer']}}}",
+                             f"\\boxed{{{int(row['answer']) + 1}}}")
     if i % 4 == 0:
       yield prompts.bcq(row["question"], solution, wrong, rng)
     elif i % 4 == 1:
