@@ -26,7 +26,7 @@ def test_run_specs_and_directory_names():
   assert report.slug("GRPO† + teacher response") == "grpo_dagger_teacher_response"
   tiny = compare.paper_runs()
   assert len({report.slug(label) for label, _ in tiny}) == len(tiny) == 8  # 6 + 2 ablations
-  assert dict(tiny)["ZPPO, NCQ only"] == "configs/tiny.py:method=zppo,ncq_only"
+  assert dict(tiny)["ZPPO, NCQ only (always)"] == "configs/tiny.py:method=zppo,ncq_only,ncq_always"
   assert len(compare.paper_runs(ablations=False)) == 6
   assert tiny[0] == ("Off-policy distill†", "configs/tiny.py:method=off_policy_distill,buffer")
   real = dict(compare.paper_runs("size=0.8b,mesh=tpu_v5p", ablations=False))

@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(workdir, steps=STEPS):
   c = run_config.config_module("tiny.py").get_config()
   c.total_steps = steps
+  c.questions_per_step, c.buffer.replay_per_step = 4, 4  # half the tiny default's batch
   c.checkpoint.every = 2
   c.log.progress = False
   c.log.samples_every = 2
