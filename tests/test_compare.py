@@ -26,7 +26,8 @@ def test_run_specs_and_directory_names():
   assert report.slug("GRPO† + teacher response") == "grpo_dagger_teacher_response"
   tiny = compare.paper_runs()
   assert len({report.slug(label) for label, _ in tiny}) == len(tiny) == 8  # 6 + 2 ablations
-  assert dict(tiny)["ZPPO, NCQ only (always)"] == "configs/tiny.py:method=zppo,ncq_only,ncq_always"
+  assert dict(tiny)["ZPPO, NCQ only (always)"] == (
+      "configs/tiny.py:method=zppo,ncq_only,ncq_always")
   assert len(compare.paper_runs(ablations=False)) == 6
   assert tiny[0] == ("Off-policy distill†", "configs/tiny.py:method=off_policy_distill,buffer")
   real = dict(compare.paper_runs("size=0.8b,mesh=tpu_v5p", ablations=False))
@@ -50,6 +51,7 @@ def test_reduced_comparison_writes_every_table_and_figure(tmp_path):
   command = [sys.executable, "-m", "zppo_jax.compare", f"--workdir={workdir}",
              "--runs=ZPPO=configs/tiny.py,GRPO†=configs/tiny.py:method=grpo_buffer",
              "--seeds=0", "--steps=1", "--jobs=2", "--set=eval.every=1", "--set=eval.k=2",
+             "--set=train.optimizer.warmup_steps=0",  # a 1-step cosine schedule
              "--set=eval.benchmarks=('heldout=synthetic:heldout;limit=6',"
              "'transfer=synthetic:transfer;limit=4')"]
   env = {**os.environ, "PYTHONPATH": REPO}

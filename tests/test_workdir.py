@@ -191,6 +191,16 @@ def test_settings_that_cannot_work_are_named_before_anything_is_loaded(changes, 
     train.validate(_config(**changes))
 
 
+def test_every_tiny_method_validates_under_its_label_and_a_wrong_label_is_refused():
+  """configs/tiny.py labels a method "<method>[+buffer]-tiny": the setup suffix neither
+  fails a buffered baseline nor lets a wrong label through."""
+  from zppo_jax import compare
+  for label, spec in compare.paper_runs():
+    train.validate(run_config.config_module("tiny.py").get_config(spec.partition(":")[2]))
+  with pytest.raises(ValueError, match=r"config.method='grpo-tiny'.*zppo.bcq/ncq"):
+    train.validate(_config(method="grpo-tiny"))
+
+
 def _train_cli(*args):
   return subprocess.run([sys.executable, "-m", "zppo_jax.train", "--config=configs/tiny.py",
                          *args], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -94,7 +94,8 @@ LONG_QUESTIONS = ("skip", "cut")
 def _check_method_label(config):
   """`config.method` names a paper method only if the fields that make the method agree:
   `--config.method=grpo` on a ZPPO config would relabel a ZPPO run."""
-  base, _, suffix = config.method.partition("+")
+  # "<method>[+buffer][-<setup>]": configs/tiny.py labels off_policy_distill+buffer-tiny
+  base, _, suffix = config.method.split("-", 1)[0].partition("+")
   if base not in run_config.METHODS:
     return  # a label of the user's own
   loss, distill = config.train.loss.name, base.endswith("_distill")
