@@ -110,9 +110,10 @@ def test_results_page_intervals_and_claims():
   collected = {"runs": {"ZPPO": zppo, "GRPO†": grpo}, "student": student}
   text, summary = report.tables(collected, ["ZPPO", "GRPO†"], seeds, "cmd")
   # ZPPO's average gains over the student per seed: (0.10 + 0.002 s^2) / 2 = 5.0, 5.1, 5.4 pp
-  gain = summary["gain"]["ZPPO"]
+  gain = summary["gain"]["ZPPO"]["average"]
   assert gain["mean"] == pytest.approx((0.050 + 0.051 + 0.054) / 3)
   assert gain["seeds_up"] == 3 and gain["low"] > 0.04 and gain["high"] < 0.06
+  assert summary["gain"]["ZPPO"]["heldout"]["mean"] == pytest.approx(2 * gain["mean"])
   assert "9/30: 30.0 [16.7, 47.9]" in text  # pooled 0/8 bucket of ZPPO, Wilson 95%
   assert "0/30: 0.0 [0.0, 11.4]" in text
   assert "| 1.5 ± 0.0 |" in text  # revisits per admitted question: 3 replays per 2 admissions
@@ -120,6 +121,6 @@ def test_results_page_intervals_and_claims():
   verdicts = {c["claim"]: c["verdict"] for c in checked}
   assert verdicts["ZPPO graduates more questions admitted at 0/8 than GRPO†"] == "holds"
   assert verdicts["ZPPO gains more held-out accuracy than GRPO†"] == "holds"
-  assert verdicts["ZPPO improves on the starting student"] == "holds"
+  assert verdicts["ZPPO improves held-out accuracy over the starting student"] == "holds"
   one = {"runs": {"ZPPO": {0: zppo[0]}, "GRPO†": {0: grpo[0]}}, "student": {0: student[0]}}
   assert {c["verdict"] for c in report.claims(one)[1] if c["key"] != "0/8"} == {"not shown"}

@@ -139,7 +139,10 @@ def main(argv):
   multihost.initialize("auto", None, None, None)
   config = _CONFIG.value
   s = survey(config, _QUESTIONS.value, _CHECKPOINT.value)
-  title = f"Starting point: {_CHECKPOINT.value or config.student.path}"
+  policy = _CHECKPOINT.value or config.student.path
+  if os.path.abspath(policy).startswith(os.getcwd() + os.sep):
+    policy = os.path.relpath(policy)
+  title = f"Starting point: {policy} (teacher: {config.teacher.source})"
   os.makedirs(_OUTPUT.value, exist_ok=True)
   with open(os.path.join(_OUTPUT.value, "testbed.json"), "w") as f:
     json.dump(s, f, indent=1)
