@@ -1,6 +1,6 @@
 r"""The paper's comparison on one setup: method configs x seeds, then its results page.
 
-    python -m zppo_jax.compare --workdir results/tiny [--seeds 0,1,2,3,4] [--steps 80] \
+    python -m zppo_jax.compare --workdir results/tiny [--seeds 0,1,2,3,4] [--steps 40] \
         [--jobs 2] [--runs "ZPPO=configs/tiny.py,GRPO=configs/tiny.py:method=grpo"]
     python -m zppo_jax.compare --workdir /data/cmp --options size=0.8b,mesh=tpu_v5p --steps 200
 
@@ -160,7 +160,7 @@ if __name__ == "__main__":
                       "e.g. size=0.8b,mesh=tpu_v5p,root=/checkpoints (default: the tiny setup)")
   flags.DEFINE_bool("ablations", True, "Without --runs: also ZPPO with BCQ only / NCQ only.")
   flags.DEFINE_string("seeds", "0,1,2,3,4", "Comma-separated seeds.")
-  flags.DEFINE_integer("steps", 30, "Training steps of every run.")
+  flags.DEFINE_integer("steps", 40, "Training steps of every run (the tiny default: 40).")
   flags.DEFINE_integer("jobs", 1, "Runs at once (separate processes).")
   flags.DEFINE_multi_string("set", [], "A config override for every run, e.g. eval.k=8.")
   flags.DEFINE_integer("group_size", 8, "G of the runs (x axis of the reformulation figure).")
