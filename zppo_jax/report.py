@@ -275,9 +275,9 @@ def claims(collected: dict) -> tuple[str, list[dict]]:
   out = []
   for text, paper, kind, a, b, key in CLAIMS:
     if kind == "bucket":
-      pa, pb = pooled(collected, a), pooled(collected, b)
       if a not in collected["runs"] or b not in collected["runs"]:
         continue
+      pa, pb = pooled(collected, a), pooled(collected, b)
       diff = stats.two_proportions(pa[key], pb[key])
       here = (f"{pa[key][0]}/{pa[key][1]} vs {pb[key][0]}/{pb[key][1]}: "
               f"{_pct(diff, True)}")
