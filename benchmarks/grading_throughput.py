@@ -29,7 +29,8 @@ import numpy as np
 from common import arguments, write_result
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from zppo_jax import answers, rewards, rollouts, run_config, sharding  # noqa: E402
+from zppo_jax import run_config, sharding  # noqa: E402
+from zppo_jax.rl import answers, rewards, rollouts
 from zppo_jax.data import synthetic  # noqa: E402
 from zppo_jax.data.tokenizer import Tokenizer  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402

@@ -29,7 +29,8 @@ import numpy as np
 from common import MODELS, arguments, bench_model, best_time, write_result
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-from zppo_jax import losses, sharding  # noqa: E402
+from zppo_jax import sharding  # noqa: E402
+from zppo_jax.rl import losses
 from zppo_jax import train_step as ts  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 
@@ -56,7 +57,7 @@ def trl_step(model, batch, prompt, completion, group):
   import transformers
   from trl import GRPOConfig, GRPOTrainer
 
-  from zppo_jax.data import tiny_tokenizer
+  from zppo_jax import tiny_tokenizer
   # TRL wants a tokenizer; the loss never uses it
   tokenizer = transformers.PreTrainedTokenizerFast(
       tokenizer_file=os.path.join(tiny_tokenizer.DEFAULT_DIR, "tokenizer.json"),

@@ -10,7 +10,7 @@ questions the student cannot; the student stops early, with a spread of accuraci
 """
 
 from zppo_jax import run_config
-from zppo_jax.data import tiny_tokenizer
+from zppo_jax import tiny_tokenizer
 
 # HF config.json fields of the two tiny Qwen3.5 text models (3 Gated DeltaNet + 1 attention).
 ARCHITECTURES = {

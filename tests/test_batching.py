@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from zppo_jax import batching
+from zppo_jax.rl import batching
 from zppo_jax import train_step as ts
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zppo_jax import rewards
+from zppo_jax.rl import rewards
 from zppo_jax.data import benchmarks, synthetic
 from zppo_jax.data.records import DataError
 

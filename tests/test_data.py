@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zppo_jax import data, prompts, rewards
+from zppo_jax import data
+
+from zppo_jax.rl import prompts, rewards
 
 ROWS = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
         for i in range(23)]

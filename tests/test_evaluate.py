@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from zppo_jax import evaluate, rewards, rollouts, run_config, sharding
+from zppo_jax.data import boxed
+from zppo_jax import evaluate, run_config, sharding
+
+from zppo_jax.rl import rewards, rollouts
 from zppo_jax.data import benchmarks
 from zppo_jax.data.tokenizer import Tokenizer
 from zppo_jax.models import qwen3_5
@@ -46,7 +49,7 @@ def test_evaluate_cli_gives_the_accuracy_known_by_construction(tmp_path):
       rollouts.prompt_ids(tok, config, [q.question for q in questions]), config,
       num_samples=2, seed=0, max_new_tokens=config.rollout.max_new_tokens, temperature=0.0,
       top_p=1.0)
-  said = [rewards.extract_boxed(rewards.answer_region(t) or "") for t in texts[::2]]
+  said = [boxed.extract_boxed(rewards.answer_region(t) or "") for t in texts[::2]]
   assert all(said), said  # the tiny student boxes an answer to each of them
   rows = [{"id": q.id, "question": q.question,
            "answer": said[i] if i < 4 else f"{said[i]}0000"} for i, q in enumerate(questions)]

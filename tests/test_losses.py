@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from zppo_jax import losses
+from zppo_jax.rl import losses
 
 
 def _cfg(**overrides):

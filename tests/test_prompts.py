@@ -7,7 +7,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from zppo_jax import prompts, rewards
+from zppo_jax.data import boxed
+from zppo_jax.rl import prompts
 
 
 def words(text):
@@ -55,7 +56,7 @@ def test_truncation_keeps_the_final_answer():
   response = "<think>" + "step " * 5000 + "</think>\nSo the answer is \\boxed{84}."
   cut = prompts.truncate(response, 200, words)
   assert words(cut) <= 200 and cut.startswith("<think>step step")
-  assert rewards.extract_boxed(cut) == "84" and prompts.ELISION in cut
+  assert boxed.extract_boxed(cut) == "84" and prompts.ELISION in cut
   assert prompts.truncate("short \\boxed{1}", 200, words) == "short \\boxed{1}"
 
 

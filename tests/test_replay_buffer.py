@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zppo_jax import replay_buffer as rb
+from zppo_jax.rl import replay_buffer as rb
 
 THRESHOLD = 0.5
 

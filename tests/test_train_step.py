@@ -11,7 +11,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
-from zppo_jax import logprobs, losses, sharding
+from zppo_jax import logprobs, sharding
+
+from zppo_jax.rl import losses
 from zppo_jax import train_step as ts
 from zppo_jax.models import qwen3_5
 

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zppo_jax import checkpointing, metric_writer, prompts, run_config, train
+from zppo_jax import checkpointing, metric_writer, run_config, train
+
+from zppo_jax.rl import prompts
 from zppo_jax import workdir as run_dir
 from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import Tokenizer

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zppo_jax import checkpointing, rollouts
+from zppo_jax import checkpointing
+
+from zppo_jax.rl import rollouts
 from zppo_jax.data import benchmarks
 from zppo_jax.data.records import Question
 from zppo_jax.models import qwen3_5

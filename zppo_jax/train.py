@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from zppo_jax import (batching, checkpointing, compilation, evaluate, losses, multihost, prompts,
-                      replay_buffer, rewards, rollouts, run_config, sharding)
+from zppo_jax import checkpointing, compilation, evaluate, multihost, run_config, sharding
+
+from zppo_jax.rl import batching, losses, prompts, replay_buffer, rewards, rollouts
 from zppo_jax import workdir as run_dir
 from zppo_jax import train_step as ts
 from zppo_jax.data import benchmarks, pipeline, sources, synthetic

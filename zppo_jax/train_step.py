@@ -28,7 +28,8 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from zppo_jax import logprobs as logprobs_lib
-from zppo_jax import losses, sharding
+from zppo_jax import sharding
+from zppo_jax.rl import losses
 from zppo_jax.models import qwen3_5
 
 SCHEDULES = ("constant", "cosine")

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from zppo_jax.data.records import DataError, Question, decode, parse_row
-from zppo_jax.rewards import extract_boxed
+from zppo_jax.data.boxed import extract_boxed
 
 
 class JsonlSource:

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import tokenizers
 
-from zppo_jax.rewards import THINK_CLOSE, THINK_OPEN
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 REQUIRED_TOKENS = (ENDOFTEXT, IM_START, IM_END, THINK_OPEN, THINK_CLOSE)
 ROLES = ("system", "user", "assistant")

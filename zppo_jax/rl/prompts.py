@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from zppo_jax import rewards
+from zppo_jax.data.tokenizer import THINK_CLOSE
 
 BCQ_INSTRUCTION = ("Here are two responses to the question above. One is correct and the "
                    "other is wrong. Use them as references to help you solve the problem.")
@@ -103,9 +103,9 @@ def _final_part(response: str) -> str:
   box = response.rfind("\\boxed")
   if box >= 0:
     return response[response.rfind("\n", 0, box) + 1:]
-  close = response.rfind(rewards.THINK_CLOSE)
+  close = response.rfind(THINK_CLOSE)
   if close >= 0:
-    return response[close + len(rewards.THINK_CLOSE):]
+    return response[close + len(THINK_CLOSE):]
   return response[response.rfind("\n") + 1:]
 
 

@@ -7,7 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from zppo_jax import multihost, rewards
+from zppo_jax import multihost
+
+from zppo_jax.rl import rewards
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
 from zppo_jax.sampler import LENGTH
 

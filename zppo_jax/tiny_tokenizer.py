@@ -6,7 +6,7 @@ shows its model: synthetic arithmetic questions in the chat format, their soluti
 review rows of the student's SFT and BCQ/NCQ prompts. It is saved as a standard `tokenizer.json`, so the tiny run loads it
 through the same `Tokenizer.load` as official weights. Rebuild it with
 
-    python -m zppo_jax.data.tiny_tokenizer [--out DIR] [--vocab_size N]
+    python -m zppo_jax.tiny_tokenizer [--out DIR] [--vocab_size N]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from zppo_jax import prompts
+from zppo_jax.rl import prompts
 from zppo_jax.data import tokenizer as tokenizer_lib
 from zppo_jax.data.synthetic import ArithmeticSource
 
@@ -26,7 +26,7 @@ from zppo_jax.data.synthetic import ArithmeticSource
 # punctuation runs, newlines, spaces.
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
                  r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets",
+DEFAULT_DIR = os.path.join(os.path.dirname(__file__), "assets",
                            "tiny_tokenizer")
 VOCAB_SIZE = 512  # an upper bound: the corpus yields fewer merges
 
