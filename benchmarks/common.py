@@ -61,7 +61,7 @@ def arguments(doc: str, peer: str, repeats: int = 3):
   import argparse
   parser = argparse.ArgumentParser(description=doc)
   parser.add_argument("--model", default="small", help="'tiny' or 'small' (benchmarks/common.py) "
-                      "or a Qwen3.5 size from configs/models/qwen3_5.py, with random weights")
+                      "or a Qwen3.5 size from zppo_jax/models/qwen3_5/presets.py, with random weights")
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--repeats", type=int, default=repeats)
   parser.add_argument("--no_peer", action="store_true", help=f"skip {peer}")

@@ -48,8 +48,8 @@ def tiny_pairs(questions: int, group: int) -> list[tuple[str, str]]:
   rows = [source.row(i) for i in range(questions)]
   _, texts = rollouts.sample(
       Sampler(model_config, mesh=mesh), params, tok,
-      rollouts.prompt_ids(tok, config, [r["question"] for r in rows]), config,
-      num_samples=group, seed=0, max_new_tokens=config.rollout.max_new_tokens,
+      rollouts.prompt_ids(tok, config.rollout, [r["question"] for r in rows]),
+      enable_thinking=config.rollout.enable_thinking, num_samples=group, seed=0, max_new_tokens=config.rollout.max_new_tokens,
       temperature=config.rollout.temperature, top_p=config.rollout.top_p)
   return list(zip(texts, [r["answer"] for r in rows for _ in range(group)]))
 

@@ -55,6 +55,10 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
   os.chdir(tree)
   from absl import flags, logging
   from zppo_jax import train
+  try:
+    from zppo_jax import policies
+  except ImportError:  # a tree from before zppo_jax/policies.py: train.load_* below
+    policies = None
   logging.set_verbosity(logging.WARNING)
   imported = time.perf_counter()
   timers: dict[str, float] = {}
@@ -74,6 +78,7 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
 
   for owner, name, key in [(train, "load_student", "model load"),
                            (train, "load_models", "model load"),
+                           (policies, "load", "model load"),
                            (train.Trainer, "evaluate", "evaluation"),
                            (train.Trainer, "save", "checkpoints"),
                            (train.Trainer, "export", "export"),
@@ -85,7 +90,7 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
   trainer = train.Trainer(flags.FLAGS.config, workdir)
   setup = (time.perf_counter() - t - timers.get("model load", 0.0)
            - timers.get("precompile", 0.0))
-  params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
+  params = sum(x.size for x in jax.tree.leaves(trainer.learner.state.params))
   t = time.perf_counter()
   trainer.run()
   run_wall = time.perf_counter() - t

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import MODELS, arguments, bench_model, best_time, write_result
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from zppo_jax import sampler  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 
@@ -58,7 +58,7 @@ def main():
     model, config, params = bench_model(args.model)
     params = jax.tree.map(lambda x: x.astype(dtype), params)
   else:
-    from models import qwen3_5 as sizes  # configs/models/qwen3_5.py
+    from zppo_jax.models.qwen3_5 import presets as sizes
     config = qwen3_5.from_hf_dict(sizes.hf_config(args.model))
     params = qwen3_5.init_params(config, jax.random.key(0), dtype=dtype)
     model = None

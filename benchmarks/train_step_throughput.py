@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from common import MODELS, arguments, bench_model, best_time, write_result
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-from zppo_jax import sharding  # noqa: E402
-from zppo_jax.rl import losses
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from zppo_jax import run_config, sharding  # noqa: E402
+from zppo_jax.rl import losses  # noqa: E402
 from zppo_jax import train_step as ts  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 
@@ -97,7 +97,7 @@ def main():
   if args.model in MODELS:
     model, config, params = bench_model(args.model)
   else:
-    from models import qwen3_5 as sizes  # configs/models/qwen3_5.py
+    from zppo_jax.models.qwen3_5 import presets as sizes
     model = None
     config = qwen3_5.from_hf_dict(sizes.hf_config(args.model))
     params = qwen3_5.init_params(config, jax.random.key(0))
@@ -106,7 +106,7 @@ def main():
   rows, length = batch["tokens"].shape
   tokens = rows * length
 
-  cfg = ts.default_config()
+  cfg = run_config.train_config()
   cfg.update(compute_dtype=args.dtype, remat=args.remat)
   cfg.loss.correction = "none"
   mesh = sharding.make_mesh()

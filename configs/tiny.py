@@ -24,7 +24,7 @@ def get_config(arg=None):
       method = part.partition("=")[2]
       options.remove(part)
   c = run_config.method_config(method, ",".join(options))
-  c.method = f"{c.method}-tiny"
+  c.name = f"{c.name}-tiny"
   if c.teacher.source != "none":
     c.teacher.source = "model"   # sampled in-process, as at real scale
   c.total_steps = 40

@@ -30,7 +30,7 @@ def get_config(role="student"):
   if role not in ARCHITECTURES:
     raise ValueError(f"tiny_sft.py takes :student or :teacher, got {role!r}")
   c = run_config.method_config("off_policy_distill")
-  c.method = f"tiny-sft-{role}"
+  c.name = f"tiny-sft-{role}"
   c.student.init = "random"
   c.student.architecture = dict(
       model_type="qwen3_5_text", vocab_size=tiny_tokenizer.VOCAB_SIZE, num_hidden_layers=4,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zppo_jax.data import boxed
-from zppo_jax import evaluate, run_config, sharding
+from zppo_jax import evaluate, evaluation, run_config, sharding
 
 from zppo_jax.rl import rewards, rollouts
 from zppo_jax.data import benchmarks
@@ -24,15 +24,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_pass_at_k_and_avg_at_k_by_hand():
   correct = np.array([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
-  got = evaluate.accuracy(correct, pass_at=(1, 2))
+  got = evaluation.accuracy(correct, pass_at=(1, 2))
   assert got["avg@4"] == pytest.approx(5 / 12)
   assert got["pass@1"] == pytest.approx(5 / 12)          # pass@1 is the mean accuracy
   # question 1: 1 - C(3,2)/C(4,2) = 1/2; question 2: 1; question 3: 0
   assert got["pass@2"] == pytest.approx((0.5 + 1 + 0) / 3)
   assert got["pass@4"] == pytest.approx(2 / 3)
-  assert evaluate.pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+  assert evaluation.pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
   with pytest.raises(ValueError, match="needs 1 <= k <= n"):
-    evaluate.pass_at_k(4, 1, 5)
+    evaluation.pass_at_k(4, 1, 5)
 
 
 def test_evaluate_cli_gives_the_accuracy_known_by_construction(tmp_path):
@@ -46,8 +46,8 @@ def test_evaluate_cli_gives_the_accuracy_known_by_construction(tmp_path):
                               level_weights=config.data.level_weights)
   _, texts = rollouts.sample(
       Sampler(model_config, mesh=mesh), params, tok,
-      rollouts.prompt_ids(tok, config, [q.question for q in questions]), config,
-      num_samples=2, seed=0, max_new_tokens=config.rollout.max_new_tokens, temperature=0.0,
+      rollouts.prompt_ids(tok, config.rollout, [q.question for q in questions]),
+      enable_thinking=config.rollout.enable_thinking, num_samples=2, seed=0, max_new_tokens=config.rollout.max_new_tokens, temperature=0.0,
       top_p=1.0)
   said = [boxed.extract_boxed(rewards.answer_region(t) or "") for t in texts[::2]]
   assert all(said), said  # the tiny student boxes an answer to each of them
@@ -78,10 +78,10 @@ def test_evaluator_rejects_bad_settings():
   config = run_config.config_module("tiny.py").get_config()
   config.eval.pass_at = (8,)
   with pytest.raises(ValueError, match=r"config.eval.pass_at within \[1, k\]"):
-    evaluate.Evaluator(config, None, None)
+    evaluation.Evaluator.from_config(config, None, None)
   config.eval.pass_at = ()
   config.eval.benchmarks = ("a=synthetic:heldout", "a=synthetic:transfer")
   with pytest.raises(ValueError, match="names must differ"):
-    evaluate.Evaluator(config, None, None)
+    evaluation.Evaluator.from_config(config, None, None)
   with pytest.raises(FileNotFoundError, match="--checkpoint /nonexistent: no such directory"):
     evaluate.load_policy(config, "/nonexistent", None)

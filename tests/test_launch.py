@@ -265,7 +265,7 @@ def test_memory_estimate_divides_by_the_mesh():
   c.mesh.shape = (1, -1, 1)
   one = memory.estimate(c, 1)
   four = memory.estimate(c, 4)
-  student = memory.model_config(c.student.path, None, "student")
+  student = memory.model_config("qwen3_5", c.student.path, None, "student")
   params = jax.eval_shape(lambda: qwen3_5.init_params(student, jax.random.key(0), jnp.float32))
   n = sum(x.size for x in jax.tree.leaves(params))
   assert one["student params"] == 4 * n                       # float32, one device
@@ -284,7 +284,7 @@ def test_memory_real_sizes_from_official_shapes():
   c = run_config.method_config("zppo", "size=2b,mesh=tpu_v5p")
   parts = memory.estimate(c, 64, student_size="2b", teacher_size="27b")
   for part, size, dtype_bytes in (("teacher params", "27b", 2), ("student params", "2b", 4)):
-    n = qwen3_5.param_count(memory.model_config("", size, ""))
+    n = qwen3_5.param_count(memory.model_config("qwen3_5", "", size, ""))
     assert parts[part] == pytest.approx(n * dtype_bytes / 64, rel=0.02)  # FSDP over 64
   with pytest.raises(FileNotFoundError, match="give --student_size"):
     memory.estimate(c, 64)

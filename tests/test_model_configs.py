@@ -1,4 +1,4 @@
-"""The real Qwen3.5 shapes in configs/models build, and count as many parameters as
+"""The real Qwen3.5 shapes of models/qwen3_5/presets.py build, and count as many parameters as
 transformers' own model of the same config.json."""
 
 
@@ -7,10 +7,8 @@ import pytest
 import torch
 import transformers
 
-from zppo_jax import run_config
 from zppo_jax.models import qwen3_5
-
-sizes = run_config.config_module("models/qwen3_5.py")
+from zppo_jax.models.qwen3_5 import presets as sizes
 
 # Text-model parameters (without vision tower and MTP head), as published model sizes round.
 APPROX_BILLIONS = {"0.8b": 0.75, "2b": 1.9, "4b": 4.2, "9b": 9.0, "27b": 26.9}
@@ -18,7 +16,7 @@ APPROX_BILLIONS = {"0.8b": 0.75, "2b": 1.9, "4b": 4.2, "9b": 9.0, "27b": 26.9}
 
 @pytest.mark.parametrize("size", sorted(sizes.SIZES))
 def test_real_config_builds_and_counts_like_transformers(size):
-  hf = sizes.get_config(size).to_dict()
+  hf = sizes.hf_config(size)
   config = qwen3_5.from_hf_dict(hf)
   assert config.layout == "qwen3_5" and config.num_full_layers * 4 == config.num_hidden_layers
   shapes = jax.eval_shape(lambda: qwen3_5.init_params(config, jax.random.key(0)))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from zppo_jax import evaluate, metric_writer, run_config, sharding, train
+from zppo_jax import evaluate, evaluation, metric_writer, run_config, sharding, train
 from zppo_jax.models import qwen3_5
 
 STEPS = 4
@@ -45,7 +45,7 @@ def straight(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   trainer = train.Trainer(_config(workdir), workdir)
   trainer.run()
-  return workdir, _metrics(workdir), jax.device_get(trainer.state.params)
+  return workdir, _metrics(workdir), jax.device_get(trainer.learner.state.params)
 
 
 def test_tiny_zppo_loop_admits_reformulates_graduates(straight):
@@ -120,7 +120,7 @@ def test_killed_run_resumes_exactly(straight, tmp_path, monkeypatch):
   assert trainer.step == 2  # resumed from the checkpoint after step 2
   trainer.run()
   assert _comparable(_metrics(workdir)) == _comparable(want_lines)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.state.params), want_params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.learner.state.params), want_params)
 
 
 def test_held_out_evaluation_during_training_and_from_the_checkpoint(straight):
@@ -141,9 +141,9 @@ def test_held_out_evaluation_during_training_and_from_the_checkpoint(straight):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params)
   from zppo_jax.data.tokenizer import Tokenizer
   from zppo_jax.sampler import Sampler
-  evaluator = evaluate.Evaluator(config, Tokenizer.load(tokenizer_dir),
-                                 Sampler(model_config, mesh=mesh))
-  again = evaluate.metrics(evaluator.run(restored, config.seed), ())
+  evaluator = evaluation.Evaluator.from_config(config, Tokenizer.load(tokenizer_dir),
+                                               Sampler(model_config, mesh=mesh))
+  again = evaluation.metrics(evaluator.run(restored, config.seed), ())
   assert again == {k: v for k, v in evaluated[STEPS].items() if k.startswith("eval/")}
 
 
@@ -154,7 +154,7 @@ def test_the_workdir_refuses_another_run_and_an_export_never_destroys_it(straigh
   before = sorted(os.listdir(workdir))
   other = _config(workdir)
   other.zppo.bcq = other.zppo.ncq = False
-  other.method = "own-variant"  # a label of its own: zppo-tiny would be refused as such
+  other.name = "zppo-without-reformulations"  # the ablation, under a label of its own
   with pytest.raises(ValueError, match=r"zppo.bcq: True -> False"):
     train.Trainer(other, workdir)  # refused before any model is loaded
   out = subprocess.run(

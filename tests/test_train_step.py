@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
-from zppo_jax import logprobs, sharding
+from zppo_jax import logprobs, run_config, sharding
 
 from zppo_jax.rl import losses
 from zppo_jax import train_step as ts
@@ -37,7 +37,7 @@ B, T = 8, 24
 
 
 def _cfg(**overrides):
-  cfg = ts.default_config()
+  cfg = run_config.train_config()
   cfg.logprob_chunk = 7  # does not divide T - 1: exercises the padded last chunk
   cfg.compute_dtype = "float32"
   # Adam's eps raised to 1e-2: its first step is otherwise lr * sign(g), which turns a
@@ -72,7 +72,7 @@ def _params():
 @functools.lru_cache(maxsize=None)
 def _compiled(mesh_shape, cfg_json, axis_types):
   """(mesh, optimizer, state shardings, jitted step), one per layout and config."""
-  cfg = ts.default_config()
+  cfg = run_config.train_config()
   cfg.update(json.loads(cfg_json))
   mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))],
                             axis_types=axis_types)

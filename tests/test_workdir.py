@@ -9,12 +9,11 @@ import sys
 import time
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from zppo_jax import checkpointing, metric_writer, run_config, train
+from zppo_jax import checkpointing, metric_writer, run_config
 
-from zppo_jax.rl import prompts
+from zppo_jax.rl import prompts, rewards, rollouts, stages
 from zppo_jax import workdir as run_dir
 from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import Tokenizer
@@ -151,8 +150,8 @@ def test_over_long_questions_are_skipped_or_cut_and_counted(tok, policy):
                   "5")
   huge = Question("c", "x" * 10_000_000 + " Compute 1 + 1.", "2")
   start = time.perf_counter()
-  out, too_long = train.fit_questions(config, tok, [(short, False), (long, False),
-                                                    (huge, True)], limit=200)
+  out, too_long = stages.fit_questions(tok, config.rollout, config.data.long_questions,
+                                       [(short, False), (long, False), (huge, True)], limit=200)
   assert time.perf_counter() - start < 30  # a 10 MB question is never tokenised whole
   assert too_long == 2
   if policy == "skip":
@@ -161,19 +160,21 @@ def test_over_long_questions_are_skipped_or_cut_and_counted(tok, policy):
   assert [(q.id, replayed) for q, replayed in out] == [("a", False), ("b", False), ("c", True)]
   for q, _ in out[1:]:
     assert prompts.ELISION in q.question and q.answer in ("5", "2")
-    assert len(train.rollouts.prompt_ids(tok, config, [q.question])[0]) <= 200
+    assert len(rollouts.prompt_ids(tok, config.rollout, [q.question])[0]) <= 200
   assert out[1][1] is False and out[1][0].question.startswith("Compute 2 + 3.")
   assert out[1][0].question.endswith("What is it?")
 
 
 def test_the_prompt_limit_must_fit_the_model():
+  def prompt_limit(c, positions):
+    return stages.prompt_limit(c.rollout, c.zppo, True, positions)
   c = _config(**{"rollout.max_prompt_tokens": 0})  # 0: what the model's context leaves
-  assert train.prompt_limit(c, 2048) == 2048 - c.rollout.max_new_tokens
-  assert train.prompt_limit(_config(**{"rollout.max_prompt_tokens": 500}), 2048) == 500
+  assert prompt_limit(c, 2048) == 2048 - c.rollout.max_new_tokens
+  assert prompt_limit(_config(**{"rollout.max_prompt_tokens": 500}), 2048) == 500
   limit = c.zppo.max_prompt_tokens + c.rollout.max_new_tokens
-  train.prompt_limit(_config(**{"rollout.max_prompt_tokens": 100}), limit)
+  prompt_limit(_config(**{"rollout.max_prompt_tokens": 100}), limit)
   with pytest.raises(ValueError, match=f"max_position_embeddings={limit - 1}"):
-    train.prompt_limit(_config(**{"rollout.max_prompt_tokens": 100}), limit - 1)  # BCQ/NCQ
+    prompt_limit(_config(**{"rollout.max_prompt_tokens": 100}), limit - 1)  # BCQ/NCQ
 
 
 # ------------------------------------------------------------------------------ settings
@@ -184,23 +185,27 @@ def test_the_prompt_limit_must_fit_the_model():
     ({"train.optimizer.learning_rate": -1e-5}, "config.train.optimizer.learning_rate"),
     ({"buffer.capacity": 0}, "config.buffer.capacity"),
     ({"buffer.replay_per_step": -3}, "config.buffer.replay_per_step"),
-    ({"method": "grpo"}, "config.method='grpo'"),
+    ({"method": "grpo"}, "config.zppo.bcq/ncq are on, but method 'grpo'"),
     ({"data.long_questions": "truncate"}, "config.data.long_questions"),
-    ({"reward.timeout_s": 0.0}, "config.reward.timeout_s"),
 ])
 def test_settings_that_cannot_work_are_named_before_anything_is_loaded(changes, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("(", r"\(")):
-    train.validate(_config(**changes))
+    run_config.validate(_config(**changes))
 
 
-def test_every_tiny_method_validates_under_its_label_and_a_wrong_label_is_refused():
-  """configs/tiny.py labels a method "<method>[+buffer]-tiny": the setup suffix neither
-  fails a buffered baseline nor lets a wrong label through."""
+def test_reward_settings_that_cannot_work_are_named():
+  with pytest.raises(ValueError, match=r"config\.reward\.timeout_s"):
+    rewards.Grader.from_config(_config(**{"reward.timeout_s": 0.0}).reward)
+
+
+def test_every_run_of_the_comparison_validates():
+  """Each run of `zppo_jax.compare` (the paper's methods and the ablations on the tiny
+  setup) is a valid config whose label names its method."""
   from zppo_jax import compare
   for label, spec in compare.paper_runs():
-    train.validate(run_config.config_module("tiny.py").get_config(spec.partition(":")[2]))
-  with pytest.raises(ValueError, match=r"config.method='grpo-tiny'.*zppo.bcq/ncq"):
-    train.validate(_config(method="grpo-tiny"))
+    c = run_config.config_module("tiny.py").get_config(spec.partition(":")[2])
+    run_config.validate(c)
+    assert run_config.label(c).startswith(c.method)
 
 
 def _train_cli(*args):

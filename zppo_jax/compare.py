@@ -107,7 +107,7 @@ def run_all(workdir: str, runs, seeds, steps: int, overrides: Sequence[str], job
     if not os.path.exists(os.path.join(out, "eval.json")):
       tasks.append((f"the starting student, seed {seed}", "zppo_jax.evaluate",
                     [f"--config={runs[0][1]}", f"--config.seed={seed}", f"--output={out}",
-                     "--config.method=student", *sets], out,
+                     "--config.name=student", *sets], out,
                     lambda out=out: os.path.exists(os.path.join(out, "eval.json"))))
   for seed in seeds:
     for label, config in runs:

@@ -1,4 +1,4 @@
-r"""Held-out evaluation: benchmark sets through the in-process sampler, graded by `rewards`.
+r"""Held-out evaluation of a checkpoint, the command (the library is `zppo_jax.evaluation`).
 
     python -m zppo_jax.evaluate --config configs/tiny.py --checkpoint <HF dir or workdir> \
         [--output DIR] [--config.eval.k=8] [--config.eval.temperature=0.6]
@@ -9,216 +9,33 @@ avg@k (the mean correctness of all k samples: the paper's figure) and pass@j for
 `eval.pass_at` and k (unbiased estimator from the k samples). Results go to `<output>/eval.json`
 (per set and per question) and `<output>/eval.md` (a table). Without `--checkpoint` the
 config's student is evaluated (the starting point of a run); a workdir means its newest
-checkpoint. The trainer runs the same `Evaluator` every `eval.every` steps.
+checkpoint.
+The trainer runs the same `evaluation.Evaluator` every `eval.every` steps.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from zppo_jax import checkpointing
+from zppo_jax import evaluation, policies, run_config
 
-from zppo_jax.rl import rollouts
-from zppo_jax.data import benchmarks
-from zppo_jax.data.records import Question
-from zppo_jax.models import qwen3_5
-from zppo_jax.sampler import LENGTH
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-  """P(at least one of k samples drawn without replacement from n, c of them correct, is
-  correct) = 1 - C(n-c, k) / C(n, k) (the unbiased estimator of Chen et al., 2021)."""
-  if not 0 < k <= n:
-    raise ValueError(f"pass@{k} needs 1 <= k <= n samples, n = {n}")
-  if n - c < k:
-    return 1.0
-  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def accuracy(correct: np.ndarray, pass_at: Sequence[int] = ()) -> dict[str, float]:
-  """avg@n and pass@j (j in `pass_at` and n) of a [questions, n] boolean array."""
-  q, n = correct.shape
-  counts = correct.sum(axis=1)
-  out = {f"avg@{n}": float(correct.mean()) if q else float("nan")}
-  for k in sorted(set(pass_at) | {n}):
-    out[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in counts])) if q else \
-        float("nan")
-  return out
-
-
-@dataclasses.dataclass
-class SetResult:
-  name: str
-  source: str
-  questions: list[Question]
-  correct: np.ndarray          # [questions, k] bool
-  lengths: np.ndarray          # [questions, k] completion tokens
-  truncated: np.ndarray        # [questions, k] bool: hit max_new_tokens
-
-  def summary(self, pass_at: Sequence[int]) -> dict:
-    return {"source": self.source, "questions": len(self.questions),
-            **accuracy(self.correct, pass_at),
-            "response_length": float(self.lengths.mean()) if self.lengths.size else 0.0,
-            "truncated": float(self.truncated.mean()) if self.truncated.size else 0.0}
-
-
-class Evaluator:
-  """The benchmark sets of `config.eval` (loaded once), evaluated on any params."""
-
-  def __init__(self, config, tokenizer, sampler):
-    self.config, self.tokenizer, self.sampler = config, tokenizer, sampler
-    e = config.eval
-    if e.k < 1 or any(not 1 <= j <= e.k for j in e.pass_at):
-      raise ValueError(f"config.eval.k must be >= 1 and config.eval.pass_at within [1, k]; "
-                       f"got k={e.k}, pass_at={tuple(e.pass_at)}")
-    if e.batch_size < 1:
-      raise ValueError(f"config.eval.batch_size must be >= 1, got {e.batch_size}")
-    specs = [benchmarks.parse_spec(s) for s in e.benchmarks]
-    names = [b.name for b in specs]
-    if len(set(names)) != len(names):
-      raise ValueError(f"config.eval.benchmarks: names must differ, got {names}")
-    self.sets = [(b, benchmarks.load(b, level_weights=config.data.level_weights,
-                                     tfds_data_dir=config.data.tfds_data_dir)) for b in specs]
-    for b, qs in self.sets:
-      if not qs:
-        raise ValueError(f"benchmark {b.name} ({b.source}) has no questions")
-
-  def _batches(self, i: int):
-    """(start, questions, prompt ids) of each sampler call on set i."""
-    c, e, tok = self.config, self.config.eval, self.tokenizer
-    qs = self.sets[i][1]
-    for start in range(0, len(qs), e.batch_size):
-      chunk = qs[start:start + e.batch_size]
-      yield start, chunk, rollouts.prompt_ids(tok, c, [q.question for q in chunk])
-
-  def precompile(self, params) -> None:
-    """Builds the sampler programs of every call `run` makes (the sets are known)."""
-    e = self.config.eval
-    new = e.max_new_tokens or self.config.rollout.max_new_tokens
-    sizes = {(len(ids), max(map(len, ids))) for i in range(len(self.sets))
-             for _, _, ids in self._batches(i)}
-    shapes = {self.sampler.shapes(n, length, new): (n, length) for n, length in sizes}
-    for n, length in shapes.values():
-      self.sampler.precompile(params, n, length, max_new_tokens=new, temperature=e.temperature,
-                              top_p=e.top_p, num_samples=e.k,
-                              stop_token_ids=self.tokenizer.stop_token_ids)
-
-  def run(self, params, seed: int) -> list[SetResult]:
-    c, e, tok = self.config, self.config.eval, self.tokenizer
-    out = []
-    for i, (bench, qs) in enumerate(self.sets):
-      correct, lengths, truncated = [], [], []
-      for start, chunk, ids in self._batches(i):
-        done, texts = rollouts.sample(
-            self.sampler, params, tok, ids, c, num_samples=e.k,
-            seed=rollouts.derive_seed(seed, i, start),
-            max_new_tokens=e.max_new_tokens or c.rollout.max_new_tokens,
-            temperature=e.temperature, top_p=e.top_p)
-        scores = rollouts.grade(texts, [q.answer for q in chunk for _ in range(e.k)], c)
-        correct.append((scores >= 1.0).reshape(len(chunk), e.k))
-        lengths.append(np.asarray([len(t) for t in done.tokens]).reshape(len(chunk), e.k))
-        truncated.append(np.asarray([r == LENGTH for r in done.finish_reason]
-                                    ).reshape(len(chunk), e.k))
-      out.append(SetResult(bench.name, bench.source, qs, np.concatenate(correct),
-                           np.concatenate(lengths), np.concatenate(truncated)))
-    return out
-
-
-def metrics(results: Sequence[SetResult], pass_at: Sequence[int]) -> dict[str, float]:
-  """Flat `eval/<set>/<metric>` scalars (for metrics.jsonl and TensorBoard), and
-  `eval/average/avg@k`: the unweighted mean over sets, like the paper's average column."""
-  out = {}
-  for r in results:
-    for key, value in r.summary(pass_at).items():
-      if key != "source":
-        out[f"eval/{r.name}/{key}"] = value
-  if results:
-    k = results[0].correct.shape[1]
-    out[f"eval/average/avg@{k}"] = float(np.mean([r.correct.mean() for r in results]))
-  return out
-
-
-def markdown(results: Sequence[SetResult], pass_at: Sequence[int], title: str = "") -> str:
-  """A table: one row per set, then the average over sets."""
-  rows = [(r.name, r.summary(pass_at)) for r in results]
-  keys = [k for k in rows[0][1] if k.startswith(("avg@", "pass@"))]
-  head = ["benchmark", "questions", *keys, "mean length (tokens)", "truncated"]
-  lines = ([f"## {title}", ""] if title else []) + [
-      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for name, s in rows:
-    lines.append(f"| {name} | {s['questions']} | "
-                 + " | ".join(f"{100 * s[k]:.1f}" for k in keys)
-                 + f" | {s['response_length']:.1f} | {100 * s['truncated']:.1f}% |")
-  means = [np.mean([s[k] for _, s in rows]) for k in keys]
-  lines.append("| **average** | | " + " | ".join(f"**{100 * m:.1f}**" for m in means) + " | | |")
-  return "\n".join(lines) + "\n\nAccuracies in percent.\n"
-
-
-def write(results: Sequence[SetResult], directory: str, config, *, title: str = "",
-          stem: str = "eval", extra: dict | None = None) -> tuple[str, str]:
-  """`<stem>.json` (settings, per-set summary, per-question correct counts) and `<stem>.md`,
-  each written atomically; process 0 only. Returns their paths."""
-  e = config.eval
-  doc = {"settings": {"k": e.k, "temperature": e.temperature, "pass_at": list(e.pass_at),
-                      "max_new_tokens": e.max_new_tokens or config.rollout.max_new_tokens,
-                      "enable_thinking": config.rollout.enable_thinking},
-         **(extra or {}),
-         "benchmarks": {r.name: {**r.summary(e.pass_at), "per_question": [
-             {"id": q.id, "answer": q.answer, "correct": int(c.sum())}
-             for q, c in zip(r.questions, r.correct)]} for r in results}}
-  paths = os.path.join(directory, f"{stem}.json"), os.path.join(directory, f"{stem}.md")
-  if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    for path, text in zip(paths, (json.dumps(doc, indent=1), markdown(results, e.pass_at,
-                                                                      title))):
-      with open(path + ".tmp", "w") as f:
-        f.write(text)
-      os.replace(path + ".tmp", path)
-  return paths
-
-
-# ------------------------------------------------------------------------------ policies
 
 def load_policy(config, checkpoint: str, mesh):
   """(model config, params, tokenizer directory) of what `--checkpoint` names: "" = the
   config's student; a Hugging Face directory (config.json + safetensors); or a run's workdir
   (or its checkpoint directory), whose newest orbax checkpoint holds the params."""
-  dtype = jnp.dtype(config.student.dtype)
   tokenizer_dir = config.tokenizer or config.student.path
-  if not checkpoint:
-    if config.student.init == "random":
-      raise ValueError("config.student.init='random' has no starting checkpoint: pass "
-                       "--checkpoint")
-    model_config, params = qwen3_5.load_hf_checkpoint(config.student.path, dtype, mesh=mesh)
-    return model_config, params, tokenizer_dir
-  if not os.path.isdir(checkpoint):
-    raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory")
-  if os.path.isfile(os.path.join(checkpoint, "config.json")):
-    model_config, params = qwen3_5.load_hf_checkpoint(checkpoint, dtype, mesh=mesh)
-    has_tokenizer = os.path.isfile(os.path.join(checkpoint, "tokenizer.json"))
-    return model_config, params, checkpoint if has_tokenizer else tokenizer_dir
-  directory = os.path.join(checkpoint, "checkpoints")
-  directory = directory if os.path.isdir(directory) else checkpoint
-  if config.student.init == "random":
-    model_config = qwen3_5.from_hf_dict(config.student.architecture.to_dict(),
-                                        source="config.student.architecture")
-  else:
-    model_config = qwen3_5.load_config(config.student.path)
-  abstract = checkpointing.abstract(qwen3_5.param_shapes(model_config, dtype),
-                                    qwen3_5.param_shardings(model_config, mesh))
-  found = checkpointing.restore_latest_params(directory, abstract)
-  if found is None:
-    raise FileNotFoundError(f"--checkpoint {checkpoint}: neither a Hugging Face checkpoint "
-                            f"(config.json) nor a directory with orbax checkpoints")
-  return model_config, found[1], tokenizer_dir
+  if not checkpoint and config.student.init == "random":
+    raise ValueError("config.student.init='random' has no starting checkpoint: pass "
+                     "--checkpoint")
+  model_config, params = policies.load(config.model.family, config.student, mesh,
+                                       checkpoint=checkpoint)
+  if checkpoint and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
+    tokenizer_dir = checkpoint
+  return model_config, params, tokenizer_dir
 
 
 def main(argv):
@@ -232,22 +49,22 @@ def main(argv):
   model_config, params, tokenizer_dir = load_policy(config, _CHECKPOINT.value, mesh)
   compute = jnp.dtype(config.train.compute_dtype)
   params = jax.tree.map(lambda p: p.astype(compute), params)
-  evaluator = Evaluator(config, Tokenizer.load(tokenizer_dir), Sampler(model_config, mesh=mesh))
+  evaluator = evaluation.Evaluator.from_config(config, Tokenizer.load(tokenizer_dir),
+                                               Sampler(model_config, mesh=mesh))
   results = evaluator.run(params, config.seed)
   output = _OUTPUT.value or os.path.join(_CHECKPOINT.value or ".", "eval")
-  title = f"{config.method}: {_CHECKPOINT.value or config.student.path}"
-  for path in write(results, output, config, title=title,
-                    extra={"checkpoint": _CHECKPOINT.value or config.student.path,
-                           "method": config.method, "seed": config.seed}):
+  title = f"{run_config.label(config)}: {_CHECKPOINT.value or config.student.path}"
+  for path in evaluation.write(results, output, config, title=title,
+                               extra={"checkpoint": _CHECKPOINT.value or config.student.path,
+                                      "method": run_config.label(config), "seed": config.seed}):
     print(path)
-  print(markdown(results, config.eval.pass_at, title))
+  print(evaluation.markdown(results, config.eval.pass_at, title))
 
 
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  from zppo_jax import run_config
   _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (:arg).")
   _CHECKPOINT = flags.DEFINE_string(
       "checkpoint", "", "A Hugging Face checkpoint directory, or a run's workdir (its newest "

@@ -12,12 +12,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from zppo_jax.models import qwen3_5
+from zppo_jax import models
 
 
 def _chunk_scores(config, params, h, targets, topk_ids, with_entropy):
   """Scores of one chunk: h [B, c, D], targets [B, c] (and topk_ids [B, c, K])."""
-  logits = qwen3_5.logits_from_hidden(config, params, h).astype(jnp.float32)
+  logits = models.of(config).logits_from_hidden(config, params, h).astype(jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=-1)
   out = {"logprobs": jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] - lse}
   if topk_ids is not None:
@@ -43,7 +43,7 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
     {"logprobs": [B, T], "entropy": [B, T] (if asked), "topk_logprobs": [B, T, K] (if
     topk_ids)}, entry t scoring token t; position 0 (no context) is 0.
   """
-  h = qwen3_5.hidden_states(config, params, tokens, attention_mask,
+  h = models.of(config).hidden_states(config, params, tokens, attention_mask,
                             chunk_size=delta_chunk_size, remat=remat)
   batch, length = tokens.shape
   n = length - 1

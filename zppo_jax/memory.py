@@ -21,9 +21,8 @@ from absl import app, flags
 from jax.sharding import AbstractMesh
 from ml_collections import config_flags
 
-from zppo_jax import run_config, sharding
+from zppo_jax import models, run_config, sharding
 from zppo_jax import train_step as ts
-from zppo_jax.models import qwen3_5
 from zppo_jax.sampler import Sampler
 
 GIB = 2**30
@@ -36,20 +35,20 @@ def abstract_mesh(shape, devices: int) -> AbstractMesh:
   return AbstractMesh(sharding.mesh_shape(shape, devices), sharding.MESH_AXES)
 
 
-def model_config(path: str, size: str | None, what: str) -> qwen3_5.Qwen3_5Config:
+def model_config(family: str, path: str, size: str | None, what: str):
   """From the checkpoint's config.json, or the official shapes of `size`."""
   if size:
-    shapes = run_config.config_module("models/qwen3_5.py")
-    return qwen3_5.from_hf_dict(shapes.hf_config(size), source=f"Qwen3.5-{size}")
+    return models.get(family).presets.config(size)
   if not os.path.exists(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{path}/config.json not found: give --{what}_size (0.8b, 2b, 4b, "
                             f"9b, 27b) to use the official shapes instead")
-  return qwen3_5.load_config(path)
+  return models.get(family).load_config(path)
 
 
 def _params(mcfg, dtype, mesh):
-  return sharding.bytes_per_device(qwen3_5.param_shapes(mcfg, dtype),
-                                   qwen3_5.param_shardings(mcfg, mesh))
+  model = models.of(mcfg)
+  return sharding.bytes_per_device(model.param_shapes(mcfg, dtype),
+                                   model.param_shardings(mcfg, mesh))
 
 
 def _cache(mcfg, mesh, prompts: int, prompt_len: int, new: int, samples: int) -> int:
@@ -60,12 +59,13 @@ def estimate(config, devices: int, student_size: str | None = None,
              teacher_size: str | None = None) -> dict[str, int]:
   """Per-device bytes of each part of a run (see the module docstring)."""
   mesh = abstract_mesh(config.mesh.shape, devices)
-  student = model_config(config.student.path, student_size, "student")
+  student = model_config(config.model.family, config.student.path, student_size,
+                         "student")
   param_dtype = jnp.dtype(config.student.dtype)
   compute = jnp.dtype(config.train.compute_dtype)
   optimizer = ts.make_optimizer(config.train.optimizer)
   state = ts.state_shardings(student, optimizer, mesh, param_dtype=param_dtype)
-  params = qwen3_5.param_shapes(student, param_dtype)
+  params = models.of(student).param_shapes(student, param_dtype)
   master = sharding.bytes_per_device(params, state.params)
   out = {"student params": master, "gradients": master,  # gradients: like the params
          "optimizer state": sharding.bytes_per_device(jax.eval_shape(optimizer.init, params),
@@ -84,7 +84,8 @@ def estimate(config, devices: int, student_size: str | None = None,
     out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, questions, z.max_prompt_tokens,
                                             r.max_new_tokens, r.group_size)
   if config.teacher.source == "model":
-    teacher = model_config(config.teacher.path, teacher_size, "teacher")
+    teacher = model_config(config.model.family, config.teacher.path, teacher_size,
+                           "teacher")
     out["teacher params"] = _params(teacher, jnp.dtype(config.teacher.dtype), mesh)
     out["teacher rollout cache"] = _cache(teacher, mesh, questions, 512,
                                           config.teacher.max_new_tokens,

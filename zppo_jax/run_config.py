@@ -17,13 +17,16 @@ import os
 import re
 
 import ml_collections
+from absl import logging
 
-from zppo_jax import train_step
+from zppo_jax.models import FAMILIES  # names only: no model (nor JAX) is imported
+from zppo_jax.rl import methods
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DIR = os.path.join(REPO, "zppo_jax", "assets")
 TEACHER_SOURCES = ("none", "dataset", "model")
 NCQ_POLICIES = ("unsolved", "always")
+LONG_QUESTIONS = ("skip", "cut")
 
 # Real scale: student sizes trained with the 27B teacher, and starting mesh shapes
 # (data, fsdp, tensor) per platform; -1 takes the remaining devices.
@@ -67,16 +70,23 @@ def parse_flags(argv: list[str]) -> list[str]:
                                        " (fields: zppo_jax/run_config.py)")) from None
 
 
+def label(config) -> str:
+  """The run's name in logs and results: `config.name`, else its method."""
+  return config.name or config.method
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields, with defaults for a ZPPO run on the tiny built-in models."""
   c = ml_collections.ConfigDict()
-  c.method = "zppo"             # a name for logs; behaviour comes from the fields below
+  c.method = "zppo"             # an entry of zppo_jax/rl/methods.py: what the step does
+  c.name = ""                   # the run's label in logs and results ("" = method)
   c.seed = 0
   c.compile_cache = "default"   # persistent XLA cache: "default" (~/.cache/zppo_jax/xla), a
                                 # directory, or "" (off); JAX_COMPILATION_CACHE_DIR wins
   c.precompile = True           # compile every train chunk length the config allows at start
   c.total_steps = 40            # optimizer steps of the run (`--config.total_steps=N`)
 
+  c.model = dict(family="qwen3_5")   # zppo_jax/models: the student's and teacher's family
   c.student = dict(
       path=os.path.join(TINY_DIR, "tiny_student"),  # a Hugging Face checkpoint directory
       dtype="float32",
@@ -92,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_new_tokens=160)
 
   c.data = dict(
-      source="synthetic",       # synthetic | a .jsonl / .parquet path | tfds:<name>[:split]
+      source="synthetic",       # synthetic | a .jsonl / .parquet path | tfds:<name>, then
+                                # ;split=, ;format=, ... (data.sources.parse_spec)
       synthetic_size=20000,
       level_weights=(0.3, 0.3, 0.25, 0.15),
       styles=("worked",),       # synthetic: solution styles of a row's teacher_responses
@@ -144,8 +155,6 @@ def base_config() -> ml_collections.ConfigDict:
       max_candidate_tokens=256,
       max_ncq_responses=4)
 
-  c.teacher_in_group = False    # GRPO + teacher response: a correct teacher response
-                                # replaces one wrong rollout of a hard question's group
   c.distill = dict(
       correct_only=True,        # off-policy distillation imitates graded-correct responses
       student_rollouts=True)    # False: pure SFT, no student sampling (needs buffer off)
@@ -156,7 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
                                 #     questions while fewer than questions_per_step remain
 
   c.num_iterations = 1          # optimisation passes over one rollout batch (PPO epochs)
-  c.train = train_step.default_config()
+  c.train = train_config()
   c.train.optimizer.update(learning_rate=5e-5, warmup_steps=0, total_steps=40)
   c.train.compute_dtype = "float32"
 
@@ -185,6 +194,77 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def train_config() -> ml_collections.ConfigDict:
+  """`config.train`, the slice the train step reads (train_step.TrainStep): optimizer, loss
+  and step settings; method configs override fields."""
+  return ml_collections.ConfigDict(dict(
+      optimizer=dict(
+          learning_rate=1e-6, schedule="constant", warmup_steps=0, total_steps=1000,
+          final_lr_fraction=0.1, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
+          max_grad_norm=1.0),
+      loss=dict(
+          name="grpo", scale_std=True, epsilon_low=0.2, epsilon_high=0.28, beta=0.0,
+          aggregation="token_mean", max_tokens=0, correction="truncate", correction_cap=2.0,
+          mask_truncated=False, forward_kl=0.0),
+      chunk_rows=32,           # rows per gradient chunk (a multiple of the batch shards)
+      length_bucket=128,       # chunk lengths are multiples of this (coarser past 8x it)
+      logprob_chunk=256,       # sequence positions per chunk of the vocabulary projection
+      delta_chunk_size=64,     # chunk of the Gated DeltaNet chunked rule
+      remat="none",            # per layer block: none | full | dots
+      param_dtype="float32",   # master params (and optimizer state)
+      compute_dtype="bfloat16",
+  ))
+
+
+def validate(config, process_count: int = 1):
+  """Errors naming the config field whose value cannot work (the reward fields are checked
+  by `rewards.Grader.from_config`, the data sources when they open)."""
+  def check(field, value, allowed):
+    if value not in allowed:
+      raise ValueError(f"config.{field} must be one of {allowed}, got {value!r}")
+  check("teacher.source", config.teacher.source, TEACHER_SOURCES)
+  check("zppo.ncq_policy", config.zppo.ncq_policy, NCQ_POLICIES)
+  for field in ("total_steps", "questions_per_step", "rollout.group_size", "num_iterations",
+                "rollout.max_new_tokens"):
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value < 1:
+      raise ValueError(f"config.{field} must be >= 1, got {value}")
+  methods.check(methods.get(config.method), config)
+  check("model.family", config.model.family, FAMILIES)
+  check("student.init", config.student.init, ("checkpoint", "random"))
+  if config.student.init == "random" and not config.tokenizer:
+    raise ValueError("config.student.init='random' has no checkpoint to take a tokenizer from: "
+                     "set config.tokenizer")
+  check("data.long_questions", config.data.long_questions, LONG_QUESTIONS)
+  ranges = [("buffer.threshold", config.buffer.threshold, 0 < config.buffer.threshold <= 1,
+             "in (0, 1]"),
+            ("buffer.replay_per_step", config.buffer.replay_per_step,
+             config.buffer.replay_per_step >= 0, ">= 0"),
+            ("buffer.capacity", config.buffer.capacity,
+             config.buffer.capacity >= 1 or not config.buffer.enabled, ">= 1"),
+            ("train.optimizer.learning_rate", config.train.optimizer.learning_rate,
+             config.train.optimizer.learning_rate > 0, "> 0"),
+            ("rollout.group_size", config.rollout.group_size,
+             config.rollout.group_size >= 2 or not config.distill.student_rollouts,
+             ">= 2 (a group of one has no advantage to learn from)"),
+            ("rollout.temperature", config.rollout.temperature,
+             config.rollout.temperature >= 0, ">= 0"),
+            ("rollout.top_p", config.rollout.top_p, 0 < config.rollout.top_p <= 1, "in (0, 1]"),
+            ("rollout.max_prompt_tokens", config.rollout.max_prompt_tokens,
+             config.rollout.max_prompt_tokens >= 0, ">= 0 (0: the model's limit)")]
+  for field, value, ok, allowed in ranges:
+    if not ok:
+      raise ValueError(f"config.{field} must be {allowed}, got {value!r}")
+  if config.questions_per_step % process_count:
+    raise ValueError(f"config.questions_per_step={config.questions_per_step} (the global batch) "
+                     f"must be a multiple of the {process_count} processes")
+  if (config.zppo.bcq or config.zppo.ncq) and not config.buffer.enabled:
+    logging.warning("BCQ/NCQ without the replay buffer: hard questions are reformulated once, "
+                    "never revisited")
+
+
 def _options(arg: str | None) -> dict[str, str]:
   """"size=2b,bcq_only" -> {"size": "2b", "bcq_only": ""}."""
   out = {}
@@ -194,25 +274,18 @@ def _options(arg: str | None) -> dict[str, str]:
   return out
 
 
-def _methods(c, name: str, buffer: bool):
-  zppo = name == "zppo"
-  c.method = name + ("+buffer" if buffer and name not in BUFFERED else "")
+def _method(c, name: str, buffer: bool):
+  """The fields the method's entry fixes: its loss, its teacher, BCQ/NCQ, the buffer."""
+  method = methods.get(name)
+  c.method = name
+  c.name = name + ("+buffer" if buffer and not method.buffer else "")
   c.buffer.enabled = buffer
-  c.zppo.bcq = c.zppo.ncq = zppo
-  c.teacher.source = "dataset" if name in ("zppo", "grpo_teacher_response",
-                                           "off_policy_distill") else "none"
-  if name == "grpo_teacher_response":
-    c.teacher_in_group = True
-  if name == "on_policy_distill":
-    c.train.loss.name = "on_policy_distill"
-    c.teacher.source = "model"
-  if name == "off_policy_distill":
-    c.train.loss.name = "off_policy_distill"
+  c.zppo.bcq = c.zppo.ncq = method.reformulates
+  c.teacher.source = {methods.NO_TEACHER: "none", methods.RESPONSES: "dataset",
+                      methods.LOGPROBS: "model"}[method.teacher]
+  c.train.loss.name = method.loss
 
 
-BUFFERED = ("zppo", "grpo_buffer", "grpo_teacher_response")  # the buffer is part of them
-METHODS = ("zppo", "grpo", "grpo_buffer", "grpo_teacher_response", "on_policy_distill",
-           "off_policy_distill")
 ABLATIONS = ("bcq_only", "ncq_only", "ncq_always", "capacity", "threshold", "buffer")
 
 
@@ -226,15 +299,13 @@ def method_config(name: str, arg: str | None = None) -> ml_collections.ConfigDic
     buffer               the † variant of a baseline (same replay buffer as ZPPO)
     bcq_only, ncq_only, ncq_always, capacity=N, threshold=X   ZPPO ablations
   """
-  if name not in METHODS:
-    raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
   opts = _options(arg)
   unknown = set(opts) - set(ABLATIONS) - {"size", "mesh", "root"}
   if unknown:
     raise ValueError(f"unknown config option(s) {sorted(unknown)} for {name}; options are "
                      f"size=, mesh=, root=, {', '.join(ABLATIONS)}")
   c = base_config()
-  _methods(c, name, buffer=name in BUFFERED or "buffer" in opts)
+  _method(c, name, buffer=methods.get(name).buffer or "buffer" in opts)
   if "bcq_only" in opts:
     c.zppo.ncq = False
   if "ncq_only" in opts:
@@ -271,7 +342,7 @@ def _real_scale(c, size: str, root: str, mesh: str):
     c.teacher.source = "model"
   c.teacher.update(path=os.path.join(root, "Qwen3.5-27B"), dtype="bfloat16", num_rollouts=4,
                    max_new_tokens=4096)
-  c.data.source = "tfds:math_dataset"
+  c.data.source = "tfds:math_dataset;split=train"
   c.questions_per_step = 64
   c.rollout.update(group_size=8, max_new_tokens=4096)
   c.buffer.update(capacity=2048, replay_per_step=64)

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from zppo_jax import models
 from zppo_jax import sharding as sharding_lib
-from zppo_jax.models import qwen3_5
 
 STOP, LENGTH = "stop", "length"
 
@@ -128,10 +128,10 @@ class Sampler:
   repeated n times, not recomputed.
   """
 
-  def __init__(self, config: qwen3_5.Qwen3_5Config, *, mesh=None,
+  def __init__(self, config, *, mesh=None,
                rules=sharding_lib.DEFAULT_RULES, prompt_buckets: Sequence[int] | None = None,
                min_prompt_bucket: int = 16, min_new_bucket: int = 16, chunk_size: int = 64):
-    self.config = config
+    self.config, self.model = config, models.of(config)  # the model family's functions
     self.mesh = mesh
     self.rules = rules
     self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
@@ -144,7 +144,7 @@ class Sampler:
       self.batch_shards = 1
     else:
       self.batch_shards = sharding_lib.shard_count("batch", mesh, rules)
-      self._param_shardings = qwen3_5.param_shardings(config, mesh, rules)
+      self._param_shardings = self.model.param_shardings(config, mesh, rules)
 
   # -- sizes ---------------------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class Sampler:
     device holds of it."""
     rows, t, m = self.shapes(num_prompts, prompt_len, max_new_tokens)
     n = rows * num_samples
-    cache = jax.eval_shape(lambda: qwen3_5.init_cache(self.config, n, t + m, dtype))
+    cache = jax.eval_shape(lambda: self.model.init_cache(self.config, n, t + m, dtype))
     if self.mesh is None:
       return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
     return sharding_lib.bytes_per_device(cache, self._cache_shardings(n, t + m, dtype))
@@ -198,12 +198,12 @@ class Sampler:
     def prefill(params, ids, mask):
       """Left-padded prompts [B, T] -> (cache for N = B·n rows, next-token logits [N, V])."""
       self.compile_count += 1
-      cache = qwen3_5.init_cache(c, rows, slots, dtype)
-      h, cache = qwen3_5.hidden_states(c, params, ids, mask, cache, chunk_size=self.chunk_size)
-      logits = qwen3_5.logits_from_hidden(c, params, h[:, -1]).astype(jnp.float32)
+      cache = self.model.init_cache(c, rows, slots, dtype)
+      h, cache = self.model.hidden_states(c, params, ids, mask, cache, chunk_size=self.chunk_size)
+      logits = self.model.logits_from_hidden(c, params, h[:, -1]).astype(jnp.float32)
       repeat = lambda axes, x: jnp.repeat(x, num_samples, axis=axes.index("batch")) if (
           "batch" in axes) else x
-      cache = jax.tree.map(repeat, qwen3_5.CACHE_LOGICAL_AXES, cache,
+      cache = jax.tree.map(repeat, self.model.CACHE_LOGICAL_AXES, cache,
                            is_leaf=lambda x: isinstance(x, tuple))
       return cache, jnp.repeat(logits, num_samples, axis=0)
 
@@ -222,8 +222,8 @@ class Sampler:
     return program
 
   def _cache_shardings(self, rows, slots, dtype):
-    shape = jax.eval_shape(lambda: qwen3_5.init_cache(self.config, rows, slots, dtype))
-    return sharding_lib.named_shardings(qwen3_5.CACHE_LOGICAL_AXES, shape, self.mesh,
+    shape = jax.eval_shape(lambda: self.model.init_cache(self.config, rows, slots, dtype))
+    return sharding_lib.named_shardings(self.model.CACHE_LOGICAL_AXES, shape, self.mesh,
                                         self.rules)
 
   def _decode_program(self, rows, prompt_slots, new_slots, num_samples, dtype, stop_slots,
@@ -268,7 +268,7 @@ class Sampler:
       def body(state):
         step, cache, tok, out = state
         running = (live & ~out[-1])[:, None]  # finished rows feed a masked (ignored) token
-        logits, cache = qwen3_5.apply(c, params, tok[:, None], running, cache,
+        logits, cache = self.model.apply(c, params, tok[:, None], running, cache,
                                       chunk_size=self.chunk_size)
         new, lp = pick(logits[:, 0].astype(jnp.float32), step_keys(step), temperature, top_p)
         return step + 1, cache, new, emit(step, new, lp, *out)
@@ -379,7 +379,7 @@ def _shared_sampler(config, mesh):
   return Sampler(config, mesh=mesh)
 
 
-def generate(config: qwen3_5.Qwen3_5Config, params, prompts: Sequence[Sequence[int]], *,
+def generate(config, params, prompts: Sequence[Sequence[int]], *,
              mesh=None, **kwargs) -> Completions:
   """`Sampler.generate` on a sampler shared per (config, mesh), so repeated calls reuse its
   compiled programs. Keyword arguments as `Sampler.generate`."""

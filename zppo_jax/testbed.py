@@ -51,30 +51,38 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
   import jax
   import jax.numpy as jnp
 
-  from zppo_jax import evaluate, sharding, train
+  from zppo_jax import evaluate, evaluation, policies, sharding
+  from zppo_jax.data import pipeline
+  from zppo_jax.rl import rollouts, stages
   mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
   model_config, params, _ = evaluate.load_policy(config, checkpoint, mesh)
-  models = train.load_models(config, mesh, model_config, params)
+  held = policies.load_all(config, mesh, model_config, params)
   params = jax.tree.map(lambda p: p.astype(jnp.dtype(config.train.compute_dtype)), params)
-  source = train.open_data(config)
+  source = pipeline.training_source(config.data, config.seed)
   if len(source) < num_questions:
     raise ValueError(f"--questions {num_questions}: the dataset has {len(source)} rows")
-  questions = [train._question(source[i][0]) for i in range(num_questions)]
-  g, seed = config.rollout.group_size, config.seed
+  questions = [stages.as_question(source[i][0]) for i in range(num_questions)]
+  g, seed, tok = config.rollout.group_size, config.seed, held.tokenizer
+
+  def roll_out(items, stage_seed):
+    return rollouts.roll_out(held.sampler, params, tok, config.rollout, config.reward, items,
+                             stage_seed)
+
   groups = []
   for start in range(0, num_questions, 32):  # sampler calls of a modest size
-    groups += train.roll_out(models, params, config, [
-        (train.ORIGINAL, q, q.question, False) for q in questions[start:start + 32]], seed + start)
+    groups += roll_out([(rollouts.ORIGINAL, q, q.question, False)
+                        for q in questions[start:start + 32]], seed + start)
   accuracy = [x.accuracy for x in groups]
   hard = [x for x in groups if x.accuracy < config.buffer.threshold]
-  solutions = train.teacher_pass(models, config, [x.question for x in hard], seed + 1)
+  solutions = rollouts.teacher_pass(held.teacher_sampler, held.teacher_params, tok,
+                                    config.teacher, config.rollout, config.reward,
+                                    [x.question for x in hard], seed + 1)
   rng = np.random.default_rng(seed)
-  reformulated, _ = train.reformulate(config, hard, solutions, rng, models.tokenizer.count_tokens)
+  reformulated, _ = stages.reformulate(config.zppo, hard, solutions, rng, tok.count_tokens)
   extra = []
   for start in range(0, len(reformulated), 32):
-    extra += train.roll_out(models, params, config, [
-        (kind, q, user, False) for kind, q, user in reformulated[start:start + 32]],
-        seed + 2 + start)
+    extra += roll_out([(kind, q, user, False) for kind, q, user in reformulated[start:start + 32]],
+                      seed + 2 + start)
   plain = {x.question.id: x.accuracy for x in groups}
   out = {
       "questions": num_questions, "group_size": g,
@@ -91,7 +99,7 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
       "teacher_solved_at_zero": sum(bool(solutions.get(x.question.id)) for x in hard
                                     if x.accuracy == 0),
   }
-  for kind in (train.BCQ, train.NCQ):
+  for kind in (rollouts.BCQ, rollouts.NCQ):
     mine = [x for x in extra if x.kind == kind]
     out[kind] = {"prompts": len(mine),
                  "accuracy": float(np.mean([x.accuracy for x in mine])) if mine else None,
@@ -101,8 +109,8 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
                           "accuracy": x.accuracy,
                           "teacher_solved": bool(solutions.get(x.question.id))} for x in groups]
   if config.eval.benchmarks:
-    evaluator = evaluate.Evaluator(config, models.tokenizer, models.sampler)
-    out["eval"] = evaluate.metrics(evaluator.run(params, seed), config.eval.pass_at)
+    evaluator = evaluation.Evaluator.from_config(config, tok, held.sampler)
+    out["eval"] = evaluation.metrics(evaluator.run(params, seed), config.eval.pass_at)
   return out
 
 

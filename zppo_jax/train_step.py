@@ -21,39 +21,16 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from zppo_jax import logprobs as logprobs_lib
-from zppo_jax import sharding
+from zppo_jax import models, sharding
 from zppo_jax.rl import losses
-from zppo_jax.models import qwen3_5
 
 SCHEDULES = ("constant", "cosine")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Optimizer, loss and step settings; method configs override fields."""
-  return ml_collections.ConfigDict(dict(
-      optimizer=dict(
-          learning_rate=1e-6, schedule="constant", warmup_steps=0, total_steps=1000,
-          final_lr_fraction=0.1, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
-          max_grad_norm=1.0),
-      loss=dict(
-          name="grpo", scale_std=True, epsilon_low=0.2, epsilon_high=0.28, beta=0.0,
-          aggregation="token_mean", max_tokens=0, correction="truncate", correction_cap=2.0,
-          mask_truncated=False, forward_kl=0.0),
-      chunk_rows=32,           # rows per gradient chunk (a multiple of the batch shards)
-      length_bucket=128,       # chunk lengths are multiples of this (coarser past 8x it)
-      logprob_chunk=256,       # sequence positions per chunk of the vocabulary projection
-      delta_chunk_size=64,     # chunk of the Gated DeltaNet chunked rule
-      remat="none",            # per layer block: none | full | dots
-      param_dtype="float32",   # master params (and optimizer state)
-      compute_dtype="bfloat16",
-  ))
 
 
 @struct.dataclass
@@ -96,8 +73,8 @@ def state_shardings(model_config, optimizer, mesh, rules=sharding.DEFAULT_RULES,
                     param_dtype=jnp.float32) -> TrainState:
   """NamedShardings of the whole state: params by their logical axes, optimizer moments like
   the params they belong to, counters and the key replicated."""
-  param_sharding = qwen3_5.param_shardings(model_config, mesh, rules)
-  shapes = qwen3_5.param_shapes(model_config, param_dtype)
+  param_sharding = models.of(model_config).param_shardings(model_config, mesh, rules)
+  shapes = models.of(model_config).param_shapes(model_config, param_dtype)
   replicated = NamedSharding(mesh, PartitionSpec())
   opt_sharding = optax.tree_map_params(
       optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, shapes), param_sharding,

@@ -203,36 +203,25 @@ class FormattedSource:
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
   name: str
-  source: str
-  format: str = ""
-  split: str = "test"
-  limit: int = 0          # 0: all rows (synthetic sets: DEFAULT_LIMIT)
-  data_dir: str = ""
-  seed: int = 0
+  spec: sources.SourceSpec   # split: TFDS, default "test"; limit 0: all rows (synthetic
+                             # sets: DEFAULT_LIMIT)
+
+  @property
+  def source(self) -> str:
+    return self.spec.source
 
 
 def parse_spec(spec: str) -> Benchmark:
-  """`name=source;key=value;...` (see the module docstring)."""
-  head, *options = [part.strip() for part in spec.split(";")]
-  name, eq, source = head.partition("=")
-  if not eq or not name.strip() or not source.strip():
+  """`name=source;key=value;...` (see the module docstring; the source part is
+  `sources.parse_spec`'s, the grammar of `data.source` too)."""
+  name, eq, rest = spec.partition("=")
+  if not eq or not name.strip() or not rest.split(";")[0].strip():
     raise ValueError(f"benchmark spec {spec!r} must start with name=source")
-  fields = {"name": name.strip(), "source": source.strip()}
-  for option in filter(None, options):
-    key, eq, value = option.partition("=")
-    key = key.strip()
-    if not eq or key not in ("format", "split", "limit", "data_dir", "seed"):
-      raise ValueError(f"benchmark spec {spec!r}: option {option!r} is not one of format=, "
-                       "split=, limit=, data_dir=, seed=")
-    try:
-      fields[key] = int(value) if key in ("limit", "seed") else value.strip()
-    except ValueError:
-      raise ValueError(f"benchmark spec {spec!r}: {key} must be an integer, got {value!r}") \
-          from None
-  if fields.get("format") and fields["format"] not in FORMATS:
-    raise ValueError(f"benchmark spec {spec!r}: unknown format {fields['format']!r}; formats: "
+  source = sources.parse_spec(rest, "benchmark spec")
+  if source.format and source.format not in FORMATS:
+    raise ValueError(f"benchmark spec {spec!r}: unknown format {source.format!r}; formats: "
                      f"{sorted(FORMATS)}")
-  return Benchmark(**fields)
+  return Benchmark(name.strip(), source)
 
 
 def _unique(rows, limit: int) -> list[Question]:
@@ -250,30 +239,28 @@ def _unique(rows, limit: int) -> list[Question]:
 def load(bench: Benchmark, *, level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_dir: str = ""
          ) -> list[Question]:
   """The questions of a benchmark, in file order (first `limit`)."""
-  limit = bench.limit
-  if bench.source.startswith("synthetic:"):
-    kind = bench.source[len("synthetic:"):]
+  spec = bench.spec
+  limit = spec.limit
+  if spec.source.startswith("synthetic:"):
+    kind = spec.source[len("synthetic:"):]
     limit = limit or DEFAULT_LIMIT
     if kind == "heldout":
-      rows = synthetic.ArithmeticSource(100 * limit, seed=bench.seed, split="heldout",
+      rows = synthetic.ArithmeticSource(100 * limit, seed=spec.seed, split="heldout",
                                         level_weights=tuple(level_weights))
     elif kind == "transfer":
-      rows = synthetic.TransferSource(100 * limit, seed=bench.seed)
+      rows = synthetic.TransferSource(100 * limit, seed=spec.seed)
     else:
       raise ValueError(f"benchmark {bench.name}: unknown synthetic set {kind!r} (heldout, "
                        "transfer)")
     return _unique((rows.row(i) for i in range(len(rows))), limit)
-  if bench.source.startswith("tfds:"):
-    name = bench.source[len("tfds:"):]
-    fmt = bench.format or TFDS_FORMATS.get(name.split("/")[0])
+  if spec.tfds_name is not None:
+    fmt = spec.format or TFDS_FORMATS.get(spec.tfds_name.split("/")[0])
     if not fmt:
-      raise ValueError(f"benchmark {bench.name}: say which row format TFDS {name!r} is in "
-                       f"(;format=, one of {sorted(FORMATS)})")
-    source = sources.TfdsSource(name, bench.split, bench.data_dir or tfds_data_dir or None,
-                                raw=True)
+      raise ValueError(f"benchmark {bench.name}: say which row format TFDS {spec.tfds_name!r} "
+                       f"is in (;format=, one of {sorted(FORMATS)})")
   else:
-    fmt = bench.format or "zppo"
-    source = sources.open_source(bench.source)
+    fmt = spec.format or "zppo"
+  source = sources.open_rows(spec, "test", tfds_data_dir, raw=True)
   formatted = FormattedSource(source, fmt)
   count = min(limit, len(formatted)) if limit else len(formatted)
   questions = [formatted.parse(*formatted[i]) for i in range(count)]

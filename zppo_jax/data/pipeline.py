@@ -21,6 +21,7 @@ import grain
 import jax
 import numpy as np
 
+from zppo_jax.data import benchmarks, sources, synthetic
 from zppo_jax.data.records import DataError, check_unique_ids, parse_row
 
 ON_ERROR = ("raise", "skip")
@@ -123,3 +124,17 @@ def make_dataset(source, *, batch_size: int, seed: int = 0, shuffle: bool = True
   ds = ds.map(lambda index: to_question(*source[int(index)]))
   ds = ds.batch(per_host, drop_remainder=num_epochs is None, batch_fn=list)
   return ds.slice(slice(shard_index, None, shard_count)).to_iter_dataset()
+
+
+def training_source(data_cfg, seed: int):
+  """The rows of `config.data`: its `source` spec (`sources.parse_spec`: synthetic, TFDS,
+  a file) in its row `format` ("" = our own rows, or a TFDS preset's)."""
+  spec = sources.parse_spec(data_cfg.source, "config.data.source")
+  fmt = spec.format or data_cfg.format
+  if spec.source == "synthetic":
+    return synthetic.ArithmeticSource(data_cfg.synthetic_size, seed=seed,
+                                      level_weights=tuple(data_cfg.level_weights),
+                                      styles=tuple(data_cfg.styles),
+                                      review_fraction=data_cfg.review_fraction)
+  source = sources.open_rows(spec, "train", data_cfg.tfds_data_dir, raw=bool(fmt))
+  return benchmarks.FormattedSource(source, fmt) if fmt else source

@@ -6,6 +6,7 @@ error messages, so a bad row is reported as "file.jsonl line 17" wherever it is 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -158,3 +159,63 @@ def open_source(path: str):
   if path.endswith(".parquet"):
     return ParquetSource(path)
   raise DataError(f"dataset file {path}: unknown format (expected .jsonl, .json or .parquet)")
+
+
+# ------------------------------------------------------------------------------ source specs
+
+SPEC_OPTIONS = ("format", "split", "limit", "data_dir", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """Where rows come from, one grammar for training (`data.source`) and evaluation sets
+  (`eval.benchmarks`, after `name=`): `source[;key=value...]`.
+
+  source: `synthetic` (the training arithmetic; `synthetic:heldout` / `synthetic:transfer`
+  for evaluation), `tfds:<name>` (the `huggingface:` namespace included), or a .jsonl /
+  .json / .parquet path. Options: format (a row format of data.benchmarks), split (TFDS),
+  limit (the first N rows), data_dir (TFDS), seed (synthetic sets)."""
+  source: str
+  format: str = ""
+  split: str = ""
+  limit: int = 0
+  data_dir: str = ""
+  seed: int = 0
+
+  @property
+  def tfds_name(self) -> str | None:
+    return self.source[len("tfds:"):] if self.source.startswith("tfds:") else None
+
+
+def parse_spec(text: str, what: str) -> SourceSpec:
+  """`source;key=value;...` -> SourceSpec; `what` names the config field in errors."""
+  source, *options = [part.strip() for part in text.split(";")]
+  if not source:
+    raise ValueError(f"{what} {text!r}: no source before the options")
+  fields = {"source": source}
+  for option in filter(None, options):
+    key, eq, value = option.partition("=")
+    key = key.strip()
+    if not eq or key not in SPEC_OPTIONS:
+      raise ValueError(f"{what} {text!r}: option {option!r} is not one of "
+                       + ", ".join(f"{k}=" for k in SPEC_OPTIONS))
+    try:
+      fields[key] = int(value) if key in ("limit", "seed") else value.strip()
+    except ValueError:
+      raise ValueError(f"{what} {text!r}: {key} must be an integer, got {value!r}") from None
+  spec = SourceSpec(**fields)
+  name = spec.tfds_name
+  if name is not None and ":" in name.removeprefix("huggingface:"):
+    raise ValueError(f"{what} {text!r}: a TFDS split goes in the split= option "
+                     f"(tfds:{name.rsplit(':', 1)[0]};split={name.rsplit(':', 1)[1]})")
+  return spec
+
+
+def open_rows(spec: SourceSpec, default_split: str, data_dir: str = "", raw: bool = False):
+  """The source of a TFDS or file spec (synthetic sets are data.synthetic's); `raw` keeps a
+  TFDS dataset's own fields for a row format to map."""
+  name = spec.tfds_name
+  if name is not None:
+    return TfdsSource(name, spec.split or default_split, spec.data_dir or data_dir or None,
+                      raw=raw)
+  return open_source(spec.source)

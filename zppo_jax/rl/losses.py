@@ -1,4 +1,4 @@
-"""Advantages and the policy losses of the GRPO family and of distillation.
+"""Advantage estimators and the policy losses of the GRPO family and of distillation.
 
 Every per-token array is [B, T] and aligned with the batch's `tokens`: entry t belongs to
 token t (its log-prob given the tokens before it). `loss_mask` is 1 exactly on the tokens
@@ -19,7 +19,7 @@ has teacher top-k ids), so a new variant is one function.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,22 @@ def zero_variance_groups(rewards) -> np.ndarray:
   rollouts right, or all wrong: the hard questions ZPPO's buffer exists for)."""
   rewards = np.asarray(rewards)
   return np.all(rewards == rewards[:, :1], axis=1)
+
+
+def _group_estimator(rewards: Sequence[np.ndarray], cfg) -> list[np.ndarray]:
+  """GRPO's: `group_advantages` of equal-size groups (`loss.scale_std`)."""
+  return list(group_advantages(np.stack(rewards), cfg.scale_std))
+
+
+def _no_estimator(rewards: Sequence[np.ndarray], cfg) -> list[np.ndarray]:
+  """Zero: a loss that does not weigh rows by advantage (distillation)."""
+  del cfg
+  return [np.zeros(len(r), np.float32) for r in rewards]
+
+
+# Advantage estimators by name (a method's `advantage`): each maps the groups' rewards
+# [G_i] to advantages [G_i], `fn(rewards, cfg=config.train.loss)`.
+ADVANTAGES: dict[str, Callable] = {"group": _group_estimator, "none": _no_estimator}
 
 
 # ---------------------------------------------------------------------------- aggregation

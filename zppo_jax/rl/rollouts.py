@@ -1,17 +1,45 @@
-"""User messages in, graded texts out: the chat prompt, the sampler and the reward, shared by
-training (rollouts of questions, BCQ and NCQ prompts, teacher responses) and evaluation."""
+"""User messages in, graded groups out: the group record, the chat prompt, the sampler and
+the reward, shared by training (rollouts of questions, BCQ and NCQ prompts, teacher
+responses) and evaluation. Each function takes the config slice it reads."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
 
 from zppo_jax import multihost
-
-from zppo_jax.rl import rewards
+from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
+from zppo_jax.rl import rewards
 from zppo_jax.sampler import LENGTH
+
+ORIGINAL, BCQ, NCQ = "original", "bcq", "ncq"   # what a group's prompt is
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """G sequences sharing one prompt: the unit of group-relative advantages."""
+  kind: str                       # ORIGINAL | BCQ | NCQ
+  question: Question
+  prompt: list[int]
+  completions: list[list[int]]
+  logprobs: list[list[float]]     # sampler log-probs of the completion tokens
+  truncated: list[bool]
+  texts: list[str]                # as graded: generation prefix + completion
+  rewards: np.ndarray             # [G]
+  off_policy: np.ndarray          # [G] bool: a teacher response standing in the group
+  replayed: bool = False
+
+  @property
+  def accuracy(self) -> float:
+    return float(np.mean(self.rewards >= 1.0))
+
+  @property
+  def flat(self) -> bool:
+    """Zero-variance group: no learning signal."""
+    return bool(len(self.rewards)) and bool(np.all(self.rewards == self.rewards[0]))
 
 
 def derive_seed(*parts: int) -> int:
@@ -19,15 +47,16 @@ def derive_seed(*parts: int) -> int:
   return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def prompt_ids(tok: Tokenizer, config, users: Sequence[str]) -> list[list[int]]:
+def prompt_ids(tok: Tokenizer, rollout_cfg, users: Sequence[str]) -> list[list[int]]:
   """Token ids of each user message in the chat template (`config.rollout`: system prompt,
   thinking on or off), ending with the generation prompt."""
-  return [tok.encode_prompt(user, config.rollout.system or None, config.rollout.enable_thinking)
+  return [tok.encode_prompt(user, rollout_cfg.system or None, rollout_cfg.enable_thinking)
           for user in users]
 
 
-def sample(sampler, params, tokenizer, prompts, config, *, num_samples, seed, max_new_tokens,
-           temperature, top_p, rows=0, prompt_slots=0):
+def sample(sampler, params, tokenizer, prompts, *, enable_thinking: bool, num_samples: int,
+           seed: int, max_new_tokens: int, temperature: float, top_p: float, rows=0,
+           prompt_slots=0):
   """(Completions, texts): `num_samples` completions of each prompt, prompt-major; each text
   is the response as graded, the generation prefix (e.g. "<think>\\n") included. `rows` and
   `prompt_slots`: the call's fixed shape (`Sampler.generate`)."""
@@ -36,17 +65,76 @@ def sample(sampler, params, tokenizer, prompts, config, *, num_samples, seed, ma
                          num_samples=num_samples, seed=seed,
                          stop_token_ids=tokenizer.stop_token_ids, rows=rows,
                          prompt_slots=prompt_slots)
-  prefix = GENERATION_PREFIX[config.rollout.enable_thinking]
+  prefix = GENERATION_PREFIX[enable_thinking]
   texts = [prefix + t for t in tokenizer.decode_batch(
       [c[:-1] if r != LENGTH else c for c, r in zip(out.tokens, out.finish_reason)])]
   return out, texts
 
 
-def grade(texts: Sequence[str], answers: Sequence[str], config) -> np.ndarray:
+def grade(texts: Sequence[str], answers: Sequence[str], reward_cfg) -> np.ndarray:
   """Rewards of (text, answer) pairs under `config.reward`, each graded by one host and
   gathered: the work is split, and a time-bounded check cannot come out differently on two
   hosts."""
-  grader = rewards.Grader.from_config(config.reward)
+  grader = rewards.Grader.from_config(reward_cfg)
   def mine(pairs):
     return grader.rewards([t for t, _ in pairs], [a for _, a in pairs]).tolist()
   return np.asarray(multihost.map_shared(mine, list(zip(texts, answers))), np.float32)
+
+
+def call_shape(shape: dict | None, num_prompts: int) -> dict:
+  """`Sampler.generate`'s rows and prompt_slots for a call of `num_prompts` in `shape`
+  (one of `stages.sample_shapes`)."""
+  if not shape:
+    return {}
+  rows = [r for r in shape["rows"] if r >= num_prompts]
+  return {"rows": rows[0] if rows else 0, "prompt_slots": shape.get("prompt_slots", 0)}
+
+
+def roll_out(sampler, params, tok: Tokenizer, rollout_cfg, reward_cfg,
+             items: Sequence[tuple[str, Question, str, bool]], seed: int,
+             shape: dict | None = None, student_rollouts: bool = True) -> list[Group]:
+  """G student completions of each (kind, question, user message, replayed), graded against
+  the question's answer, sampled in the fixed `shape` (`stages.sample_shapes`). Without
+  `student_rollouts` (pure SFT), groups carry only their prompt."""
+  if not items:
+    return []
+  g = rollout_cfg.group_size
+  ids = prompt_ids(tok, rollout_cfg, [user for _, _, user, _ in items])
+  if not student_rollouts:
+    return [Group(kind, q, p, [], [], [], [], np.zeros(0, np.float32), np.zeros(0, bool), rep)
+            for (kind, q, _, rep), p in zip(items, ids)]
+  out, texts = sample(sampler, params, tok, ids, enable_thinking=rollout_cfg.enable_thinking,
+                      num_samples=g, seed=seed, max_new_tokens=rollout_cfg.max_new_tokens,
+                      temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
+                      **call_shape(shape, len(items)))
+  scores = grade(texts, [q.answer for _, q, _, _ in items for _ in range(g)], reward_cfg)
+  groups = []
+  for i, (kind, q, _, replayed) in enumerate(items):
+    rows = slice(i * g, (i + 1) * g)
+    groups.append(Group(kind, q, ids[i], out.tokens[rows], out.logprobs[rows],
+                        [r == LENGTH for r in out.finish_reason[rows]], texts[rows],
+                        scores[rows], np.zeros(g, bool), replayed))
+  return groups
+
+
+def teacher_pass(sampler, params, tok: Tokenizer, teacher_cfg, rollout_cfg, reward_cfg,
+                 hard: Sequence[Question], seed: int, shape: dict | None = None
+                 ) -> dict[str, list[str]]:
+  """The teacher's *correct* responses to each hard question (empty: it cannot solve it):
+  the dataset's (`teacher.source="dataset"`), or sampled from the teacher model in the fixed
+  `shape` (`stages.sample_shapes`)."""
+  if teacher_cfg.source == "none" or not hard:
+    return {}
+  if teacher_cfg.source == "dataset":
+    responses = {q.id: list(q.teacher_responses) for q in hard}
+  else:
+    ids = prompt_ids(tok, rollout_cfg, [q.question for q in hard])
+    n = teacher_cfg.num_rollouts
+    _, texts = sample(sampler, params, tok, ids, enable_thinking=rollout_cfg.enable_thinking,
+                      num_samples=n, seed=seed, max_new_tokens=teacher_cfg.max_new_tokens,
+                      temperature=teacher_cfg.temperature, top_p=rollout_cfg.top_p,
+                      **call_shape(shape, len(hard)))
+    responses = {q.id: texts[i * n:(i + 1) * n] for i, q in enumerate(hard)}
+  pairs = [(r, q.answer) for q in hard for r in responses[q.id]]
+  correct = iter(grade([r for r, _ in pairs], [a for _, a in pairs], reward_cfg) >= 1.0)
+  return {q.id: [r for r in responses[q.id] if next(correct)] for q in hard}

@@ -1,4 +1,5 @@
-"""Qwen3.5 text decoder (Gated DeltaNet + gated full attention) with Hugging Face I/O.
+"""Qwen3.5 text decoder (Gated DeltaNet + gated full attention) with Hugging Face I/O: the
+model family "qwen3_5" (its interface: `zppo_jax.models.Family`).
 
     from zppo_jax.models import qwen3_5
     config, params = qwen3_5.load_hf_checkpoint(path, dtype=jnp.bfloat16, mesh=mesh)
@@ -16,3 +17,4 @@ from zppo_jax.models.qwen3_5.params import init as init_params
 from zppo_jax.models.qwen3_5.params import logical_axes, param_specs
 from zppo_jax.models.qwen3_5.params import shapes as param_shapes
 from zppo_jax.models.qwen3_5.params import shardings as param_shardings
+from zppo_jax.models.qwen3_5 import presets

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 TEXT_MODEL_TYPE = "qwen3_5_text"
 MULTIMODAL_MODEL_TYPE = "qwen3_5"
@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Qwen3_5Config:
   """Static shape and hyper-parameters of the text decoder (hashable: usable as a jit static arg)."""
+
+  family: ClassVar[str] = "qwen3_5"   # its package under zppo_jax/models (`models.of`)
 
   vocab_size: int
   hidden_size: int

@@ -1,17 +1,17 @@
 """Shapes of the official Qwen3.5 dense models, as in their Hugging Face config.json.
 
-    get_config("0.8b") -> ConfigDict of the repository's config.json (model_type "qwen3_5")
+    hf_config("0.8b") -> the repository's config.json as a dict (model_type "qwen3_5")
+    config("0.8b")    -> its Qwen3_5Config
 
 Sources: Qwen/Qwen3.5-0.8B config.json verbatim; the 2B and 9B files' text_config heads
 verbatim with the rest from NVIDIA Megatron-LM's per-size table and the model cards; 4B from
 independent copies that agree with each other; 27B's text_config from the Qwen3.5-27B-FP8
 config.json. Every size shares vocab 248320, head_dim 256, 16 linear key heads of dim 128,
 conv kernel 4, a full-attention layer every 4th layer, and M-RoPE theta 1e7 on 25% of the
-head dims. Use `zppo_jax.models.qwen3_5.from_hf_dict(get_config(size).to_dict())` for a model
-config.
+head dims.
 """
 
-import ml_collections
+from zppo_jax.models.qwen3_5.config import Qwen3_5Config, from_hf_dict
 
 # size: (hidden, intermediate, layers, heads, kv_heads, linear value heads, tied embeddings,
 #        vision (depth, hidden, intermediate, heads, out_hidden))
@@ -94,5 +94,6 @@ def hf_config(size: str) -> dict:
   }
 
 
-def get_config(arg: str = "0.8b") -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(hf_config(arg))
+def config(size: str) -> Qwen3_5Config:
+  """The model config of Qwen/Qwen3.5-<size> (text decoder)."""
+  return from_hf_dict(hf_config(size), source=REPOS.get(size, size))

@@ -1,0 +1,147 @@
+"""The student's train state and the compiled programs that use it: the sampling copy, the
+scores of the other policies a loss needs, and the update over a step's groups (Tunix's
+learner). The RL step (`rl/step.py`) hands it groups; it knows nothing of how they were made.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from zppo_jax import models, sharding
+from zppo_jax import train_step as ts
+from zppo_jax.policies import Policies
+from zppo_jax.rl import batching, losses, stages
+from zppo_jax.rl.methods import LOGPROBS, Method
+from zppo_jax.rl.rollouts import Group
+
+
+class Learner:
+  """`state` (params and optimizer state on the mesh) and its programs, from the run config's
+  `train`, `student.dtype`, `num_iterations` and `seed`."""
+
+  def __init__(self, config, method: Method, mesh, policies: Policies, params):
+    self.config, self.method, self.mesh, self.policies = config, method, mesh, policies
+    train_cfg, model_config = config.train, policies.config
+    self.optimizer = ts.make_optimizer(train_cfg.optimizer)
+    self.shardings = ts.state_shardings(model_config, self.optimizer, mesh,
+                                        param_dtype=jnp.dtype(config.student.dtype))
+    self.state = ts.init_state(params, self.optimizer, config.seed, self.shardings)
+    self.step_fn = ts.TrainStep(model_config, self.optimizer, train_cfg, mesh, self.shardings)
+    self.score_fn = ts.jit_score(model_config, train_cfg, mesh, self.shardings.params)
+    # Rollouts sample in the compute dtype (bfloat16 at scale), as the train step scores:
+    # one sharded cast per step, not float32 master weights in every decode step.
+    compute = jnp.dtype(train_cfg.compute_dtype)
+    self._cast = ((lambda params: params) if compute == jnp.dtype(config.student.dtype) else
+                  jax.jit(lambda params: jax.tree.map(lambda p: p.astype(compute), params),
+                          out_shardings=self.shardings.params))
+    if method.teacher == LOGPROBS:
+      teacher = policies.teacher_config
+      self.teacher_score_fn = ts.jit_score(teacher, train_cfg, mesh,
+                                           models.of(teacher).param_shardings(teacher, mesh))
+    shards = sharding.shard_count("batch", mesh)
+    if train_cfg.chunk_rows < 1 or train_cfg.chunk_rows % shards:
+      raise ValueError(f"config.train.chunk_rows={train_cfg.chunk_rows} must be a positive "
+                       f"multiple of the mesh's {shards} batch shards")
+    self.length_buckets = batching.length_buckets(model_config.max_position_embeddings,
+                                                  train_cfg.length_bucket)
+
+  def sampling_params(self):
+    """The current params in the compute dtype, for the sampler."""
+    return self._cast(self.state.params)
+
+  # -- scoring the other policies ------------------------------------------------------------
+
+  def _scorers(self) -> list[tuple[str, object, dict]]:
+    """(field, jitted score program, params) of each other policy's log-probs the loss
+    needs: the teacher's, the frozen reference's, the policy's own before the update."""
+    p = self.policies
+    return ([("teacher_logprobs", self.teacher_score_fn, p.teacher_params)]
+            if self.method.teacher == LOGPROBS else []) + (
+        [("ref_logprobs", self.score_fn, p.ref_params)] if p.ref_params is not None else []) + (
+        [("old_logprobs", self.score_fn, self.state.params)]
+        if self.config.num_iterations > 1 else [])
+
+  def _scored(self, chunk: dict) -> dict:
+    """A chunk with the log-probs of the other policies its loss needs, computed on the
+    devices and sharded like the chunk."""
+    base = dict(chunk)
+    for name, fn, params in self._scorers():
+      chunk[name] = fn(params, base)["logprobs"]
+    return chunk
+
+  def _scored_shapes(self, chunk: dict) -> dict:
+    """The fields `_scored` adds to such a chunk, after compiling the programs that score it."""
+    out = {}
+    for name, fn, params in self._scorers():
+      fn.lower(params, chunk).compile()
+      tokens = chunk["tokens"]
+      out[name] = jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
+    return out
+
+  def precompile(self, longest_row: int):
+    """The update's and the scorers' programs for every chunk length up to `longest_row`."""
+    train_cfg = self.config.train
+    spec = ts.batch_sharding(self.mesh)
+    longest = min(longest_row, self.length_buckets[-1])
+    chunks = []
+    for length in self.length_buckets[:self.length_buckets.index(
+        batching.bucket_of(longest, self.length_buckets)) + 1]:
+      chunk = ts.weigh_rows(batching.make_chunks(
+          [batching.Row([0], [0] * (length - 1), [0.0] * (length - 1), 0.0)],
+          chunk_rows=train_cfg.chunk_rows, buckets=(length,), pad_id=0), train_cfg.loss, 1)[0]
+      chunk = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
+      chunks.append({**chunk, **self._scored_shapes(chunk)})
+    self.step_fn.precompile(self.state, chunks)
+
+  # -- the update ----------------------------------------------------------------------------
+
+  def update(self, groups: Sequence[Group]) -> dict:
+    """The train step(s) on the groups (`num_iterations` passes); `train/*` metrics."""
+    config, loss_cfg = self.config, self.config.train.loss
+    if not groups:
+      return {"update/skipped": 1.0}
+    advantages = losses.ADVANTAGES[self.method.advantage]([g.rewards for g in groups], loss_cfg)
+    rows = stages.train_rows(groups, advantages)
+    # Rows without gradient (a zero-variance group under GRPO) only count in the loss's
+    # normalisation: no program runs on them.
+    inert = losses.inert_rows([r.advantage for r in rows], loss_cfg)
+    trained = [r for r, skip in zip(rows, inert) if not skip]
+    chunks = ts.weigh_rows(
+        batching.make_chunks(trained, chunk_rows=config.train.chunk_rows,
+                             buckets=self.length_buckets,
+                             pad_id=self.policies.tokenizer.endoftext_id),
+        loss_cfg, config.rollout.max_new_tokens,
+        left_out=[r.loss_tokens(loss_cfg.mask_truncated)
+                  for r, skip in zip(rows, inert) if skip])
+    chunks = [self._scored(ts.shard_batch(chunk, self.mesh)) for chunk in chunks]
+    for n in range(config.num_iterations):
+      self.state, metrics = self.step_fn(self.state, chunks)
+      if n == 0:  # the sampled tokens scored by the params that sampled them
+        mismatch = metrics.get("logprob_mismatch")
+    if mismatch is not None:
+      metrics["logprob_mismatch"] = mismatch
+    out = {f"train/{k}": v for k, v in metrics.items()}
+    positions = sum(chunk["tokens"].size for chunk in chunks)
+    out.update({"train/rows": float(len(rows)), "train/trained_rows": float(len(trained)),
+                "train/chunks": float(len(chunks)),
+                "train/tokens": float(sum(r.loss_tokens(loss_cfg.mask_truncated)
+                                          for r in rows)),
+                "train/trained_tokens": metrics["tokens"],
+                "train/padding": 1.0 - sum(len(r) for r in trained) / max(positions, 1)})
+    return out
+
+
+def longest_row(config, method: Method, prompt_overhead: int) -> int:
+  """The longest train row the config bounds: a BCQ/NCQ prompt (or a question, when
+  `rollout.max_prompt_tokens` is set) and the longest completion (a teacher response, for
+  methods that train on one)."""
+  reformulates = method.reformulates and (config.zppo.bcq or config.zppo.ncq)
+  prompt = max(config.zppo.max_prompt_tokens if reformulates else 0,
+               config.rollout.max_prompt_tokens) + prompt_overhead
+  teacher = method.teacher_in_group or method.teacher_answers_all
+  return prompt + max(config.rollout.max_new_tokens,
+                      config.teacher.max_new_tokens if teacher else 0)
+
