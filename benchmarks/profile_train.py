@@ -82,7 +82,8 @@ def child(tree: str, workdir: str, train_args: list[str]) -> dict:
                            (train.Trainer, "evaluate", "evaluation"),
                            (train.Trainer, "save", "checkpoints"),
                            (train.Trainer, "export", "export"),
-                           (train.Trainer, "train_step", "steps"),
+                           (train.Trainer, "train_step", "steps"),   # before the rl/ package
+                           (train.Trainer, "rl_step", "steps"),
                            (train.Trainer, "precompile", "precompile")]:
     timed(owner, name, key)
   flags.FLAGS(["train", f"--workdir={workdir}", *train_args])

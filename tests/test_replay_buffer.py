@@ -79,7 +79,7 @@ def test_sample_excludes_batch_and_orders():
 
 def test_bucket_counts():
   state, _ = _update(rb.BufferState(), [(0, 0.0), (1, 0.125), (2, 0.125), (3, 0.375)], step=1)
-  assert rb.bucket_counts(state.entries, 8) == {"0/8": 1, "1/8": 2, "3/8": 1}
+  assert rb.admission_counts(state.entries, 8) == {"0/8": 1, "1/8": 2, "3/8": 1}
 
 
 @settings(max_examples=200, deadline=None)

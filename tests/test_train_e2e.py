@@ -103,18 +103,18 @@ def test_killed_run_resumes_exactly(straight, tmp_path, monkeypatch):
   gives the uninterrupted run's metrics and params bit for bit."""
   _, want_lines, want_params = straight
   workdir = str(tmp_path)
-  step = train.Trainer.train_step
+  step = train.Trainer.rl_step
 
   def killed_at_3(self):
     if self.step == 3:
       raise KeyboardInterrupt("killed")
     return step(self)
 
-  monkeypatch.setattr(train.Trainer, "train_step", killed_at_3)
+  monkeypatch.setattr(train.Trainer, "rl_step", killed_at_3)
   with pytest.raises(KeyboardInterrupt):
     train.Trainer(_config(workdir), workdir).run()
   assert [line["step"] for line in _metrics(workdir)] == [0, 1, 2]
-  monkeypatch.setattr(train.Trainer, "train_step", step)
+  monkeypatch.setattr(train.Trainer, "rl_step", step)
 
   trainer = train.Trainer(_config(workdir), workdir)
   assert trainer.step == 2  # resumed from the checkpoint after step 2

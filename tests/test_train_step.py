@@ -367,3 +367,23 @@ def test_bfloat16_compute_tracks_float32():
   # master params stay float32 and move
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
   assert float(optax.tree.norm(jax.tree.map(jnp.subtract, state.params, _params()))) > 0
+
+
+def test_sharding_rules_come_from_the_config():
+  """`config.mesh.rules` places the state: FSDP shards the embedding over the fsdp axis by
+  default; a rule mapping `embed` to nothing replicates it. A rule naming an axis the mesh
+  lacks is refused, naming the field."""
+  c = run_config.base_config()
+  c.mesh.shape = (1, -1, 1)
+  optimizer = optax.sgd(1.0)
+  mesh, rules = sharding.from_config(c.mesh)
+  default = ts.state_shardings(CONFIG, optimizer, mesh, rules).params["embed"]
+  assert default.spec == jax.sharding.PartitionSpec("tensor", "fsdp")  # vocab, embed
+  c.mesh.rules = tuple((name, None if name == "embed" else target)
+                       for name, target in c.mesh.rules)
+  mesh, rules = sharding.from_config(c.mesh)
+  replicated = ts.state_shardings(CONFIG, optimizer, mesh, rules).params["embed"]
+  assert replicated.spec == jax.sharding.PartitionSpec("tensor", None)
+  c.mesh.rules = (("embed", "fsdb"),)
+  with pytest.raises(ValueError, match=r"config.mesh.rules: logical axis 'embed' maps to"):
+    sharding.from_config(c.mesh)

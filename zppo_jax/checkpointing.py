@@ -71,7 +71,8 @@ def restore_latest_params(directory: str, abstract_params):
   AdamW), so evaluating a run needs no more memory than its model."""
   item = {"params": abstract_params}
   manager = ocp.CheckpointManager(
-      _location(directory), options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+      _location(directory), options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                 save_interval_steps=0))
   try:
     found = _newest(manager, lambda: ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, partial_restore=True,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from zppo_jax import evaluation, policies, run_config
 
 
-def load_policy(config, checkpoint: str, mesh):
+def load_policy(config, checkpoint: str, mesh, rules=None):
   """(model config, params, tokenizer directory) of what `--checkpoint` names: "" = the
   config's student; a Hugging Face directory (config.json + safetensors); or a run's workdir
   (or its checkpoint directory), whose newest orbax checkpoint holds the params."""
@@ -31,7 +31,7 @@ def load_policy(config, checkpoint: str, mesh):
   if not checkpoint and config.student.init == "random":
     raise ValueError("config.student.init='random' has no starting checkpoint: pass "
                      "--checkpoint")
-  model_config, params = policies.load(config.model.family, config.student, mesh,
+  model_config, params = policies.load(config.model.family, config.student, mesh, rules,
                                        checkpoint=checkpoint)
   if checkpoint and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
     tokenizer_dir = checkpoint
@@ -45,12 +45,12 @@ def main(argv):
   from zppo_jax.sampler import Sampler
   multihost.initialize("auto", None, None, None)
   config = _CONFIG.value
-  mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
-  model_config, params, tokenizer_dir = load_policy(config, _CHECKPOINT.value, mesh)
+  mesh, rules = sharding.from_config(config.mesh)
+  model_config, params, tokenizer_dir = load_policy(config, _CHECKPOINT.value, mesh, rules)
   compute = jnp.dtype(config.train.compute_dtype)
   params = jax.tree.map(lambda p: p.astype(compute), params)
   evaluator = evaluation.Evaluator.from_config(config, Tokenizer.load(tokenizer_dir),
-                                               Sampler(model_config, mesh=mesh))
+                                               Sampler(model_config, mesh=mesh, rules=rules))
   results = evaluator.run(params, config.seed)
   output = _OUTPUT.value or os.path.join(_CHECKPOINT.value or ".", "eval")
   title = f"{run_config.label(config)}: {_CHECKPOINT.value or config.student.path}"

@@ -69,13 +69,12 @@ class Evaluator:
                level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_dir: str = ""):
     self.eval_cfg, self.rollout_cfg, self.reward_cfg = eval_cfg, rollout_cfg, reward_cfg
     self.tokenizer, self.sampler = tokenizer, sampler
-    e = eval_cfg
-    if e.k < 1 or any(not 1 <= j <= e.k for j in e.pass_at):
+    if eval_cfg.k < 1 or any(not 1 <= j <= eval_cfg.k for j in eval_cfg.pass_at):
       raise ValueError(f"config.eval.k must be >= 1 and config.eval.pass_at within [1, k]; "
-                       f"got k={e.k}, pass_at={tuple(e.pass_at)}")
-    if e.batch_size < 1:
-      raise ValueError(f"config.eval.batch_size must be >= 1, got {e.batch_size}")
-    specs = [benchmarks.parse_spec(s) for s in e.benchmarks]
+                       f"got k={eval_cfg.k}, pass_at={tuple(eval_cfg.pass_at)}")
+    if eval_cfg.batch_size < 1:
+      raise ValueError(f"config.eval.batch_size must be >= 1, got {eval_cfg.batch_size}")
+    specs = [benchmarks.parse_spec(s) for s in eval_cfg.benchmarks]
     names = [b.name for b in specs]
     if len(set(names)) != len(names):
       raise ValueError(f"config.eval.benchmarks: names must differ, got {names}")
@@ -97,39 +96,41 @@ class Evaluator:
 
   def _batches(self, i: int):
     """(start, questions, prompt ids) of each sampler call on set i."""
-    e, tok = self.eval_cfg, self.tokenizer
-    qs = self.sets[i][1]
-    for start in range(0, len(qs), e.batch_size):
-      chunk = qs[start:start + e.batch_size]
-      yield start, chunk, rollouts.prompt_ids(tok, self.rollout_cfg, [q.question for q in chunk])
+    size, qs = self.eval_cfg.batch_size, self.sets[i][1]
+    for start in range(0, len(qs), size):
+      chunk = qs[start:start + size]
+      yield start, chunk, rollouts.prompt_ids(self.tokenizer, self.rollout_cfg,
+                                              [q.question for q in chunk])
 
   def precompile(self, params) -> None:
     """Builds the sampler programs of every call `run` makes (the sets are known)."""
-    e, new = self.eval_cfg, self.max_new_tokens
+    eval_cfg, new = self.eval_cfg, self.max_new_tokens
     sizes = {(len(ids), max(map(len, ids))) for i in range(len(self.sets))
              for _, _, ids in self._batches(i)}
     shapes = {self.sampler.shapes(n, length, new): (n, length) for n, length in sizes}
     for n, length in shapes.values():
-      self.sampler.precompile(params, n, length, max_new_tokens=new, temperature=e.temperature,
-                              top_p=e.top_p, num_samples=e.k,
+      self.sampler.precompile(params, n, length, max_new_tokens=new,
+                              temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+                              num_samples=eval_cfg.k,
                               stop_token_ids=self.tokenizer.stop_token_ids)
 
   def run(self, params, seed: int) -> list[SetResult]:
-    e, tok = self.eval_cfg, self.tokenizer
+    eval_cfg, tok, k = self.eval_cfg, self.tokenizer, self.eval_cfg.k
     out = []
     for i, (bench, qs) in enumerate(self.sets):
       correct, lengths, truncated = [], [], []
       for start, chunk, ids in self._batches(i):
         done, texts = rollouts.sample(
             self.sampler, params, tok, ids, enable_thinking=self.rollout_cfg.enable_thinking,
-            num_samples=e.k, seed=rollouts.derive_seed(seed, i, start),
-            max_new_tokens=self.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
-        scores = rollouts.grade(texts, [q.answer for q in chunk for _ in range(e.k)],
+            num_samples=k, seed=rollouts.derive_seed(seed, i, start),
+            max_new_tokens=self.max_new_tokens, temperature=eval_cfg.temperature,
+            top_p=eval_cfg.top_p)
+        scores = rollouts.grade(texts, [q.answer for q in chunk for _ in range(k)],
                                 self.reward_cfg)
-        correct.append((scores >= 1.0).reshape(len(chunk), e.k))
-        lengths.append(np.asarray([len(t) for t in done.tokens]).reshape(len(chunk), e.k))
+        correct.append((scores >= 1.0).reshape(len(chunk), k))
+        lengths.append(np.asarray([len(t) for t in done.tokens]).reshape(len(chunk), k))
         truncated.append(np.asarray([r == LENGTH for r in done.finish_reason]
-                                    ).reshape(len(chunk), e.k))
+                                    ).reshape(len(chunk), k))
       out.append(SetResult(bench.name, bench.source, qs, np.concatenate(correct),
                            np.concatenate(lengths), np.concatenate(truncated)))
     return out
@@ -170,18 +171,19 @@ def write(results: Sequence[SetResult], directory: str, config, *, title: str = 
   """`<stem>.json` (settings, per-set summary, per-question correct counts) and `<stem>.md`,
   each written atomically; process 0 only; `config`'s eval and rollout slices are the
   settings. Returns their paths."""
-  e = config.eval
-  doc = {"settings": {"k": e.k, "temperature": e.temperature, "pass_at": list(e.pass_at),
-                      "max_new_tokens": e.max_new_tokens or config.rollout.max_new_tokens,
+  eval_cfg = config.eval
+  doc = {"settings": {"k": eval_cfg.k, "temperature": eval_cfg.temperature,
+                      "pass_at": list(eval_cfg.pass_at),
+                      "max_new_tokens": eval_cfg.max_new_tokens or config.rollout.max_new_tokens,
                       "enable_thinking": config.rollout.enable_thinking},
          **(extra or {}),
-         "benchmarks": {r.name: {**r.summary(e.pass_at), "per_question": [
+         "benchmarks": {r.name: {**r.summary(eval_cfg.pass_at), "per_question": [
              {"id": q.id, "answer": q.answer, "correct": int(c.sum())}
              for q, c in zip(r.questions, r.correct)]} for r in results}}
   paths = os.path.join(directory, f"{stem}.json"), os.path.join(directory, f"{stem}.md")
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
-    for path, text in zip(paths, (json.dumps(doc, indent=1), markdown(results, e.pass_at,
+    for path, text in zip(paths, (json.dumps(doc, indent=1), markdown(results, eval_cfg.pass_at,
                                                                       title))):
       with open(path + ".tmp", "w") as f:
         f.write(text)

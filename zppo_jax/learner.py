@@ -22,15 +22,17 @@ class Learner:
   """`state` (params and optimizer state on the mesh) and its programs, from the run config's
   `train`, `student.dtype`, `num_iterations` and `seed`."""
 
-  def __init__(self, config, method: Method, mesh, policies: Policies, params):
-    self.config, self.method, self.mesh, self.policies = config, method, mesh, policies
+  def __init__(self, config, method: Method, mesh, rules, policies: Policies, params):
+    self.config, self.method, self.policies = config, method, policies
+    self.mesh, self.rules = mesh, rules  # arrays are placed by the logical-axis rules
     train_cfg, model_config = config.train, policies.config
     self.optimizer = ts.make_optimizer(train_cfg.optimizer)
-    self.shardings = ts.state_shardings(model_config, self.optimizer, mesh,
+    self.shardings = ts.state_shardings(model_config, self.optimizer, mesh, rules,
                                         param_dtype=jnp.dtype(config.student.dtype))
     self.state = ts.init_state(params, self.optimizer, config.seed, self.shardings)
-    self.step_fn = ts.TrainStep(model_config, self.optimizer, train_cfg, mesh, self.shardings)
-    self.score_fn = ts.jit_score(model_config, train_cfg, mesh, self.shardings.params)
+    self.step_fn = ts.TrainStep(model_config, self.optimizer, train_cfg, mesh, self.shardings,
+                                rules)
+    self.score_fn = ts.jit_score(model_config, train_cfg, mesh, self.shardings.params, rules)
     # Rollouts sample in the compute dtype (bfloat16 at scale), as the train step scores:
     # one sharded cast per step, not float32 master weights in every decode step.
     compute = jnp.dtype(train_cfg.compute_dtype)
@@ -39,9 +41,10 @@ class Learner:
                           out_shardings=self.shardings.params))
     if method.teacher == LOGPROBS:
       teacher = policies.teacher_config
-      self.teacher_score_fn = ts.jit_score(teacher, train_cfg, mesh,
-                                           models.of(teacher).param_shardings(teacher, mesh))
-    shards = sharding.shard_count("batch", mesh)
+      self.teacher_score_fn = ts.jit_score(
+          teacher, train_cfg, mesh, models.of(teacher).param_shardings(teacher, mesh, rules),
+          rules)
+    shards = sharding.shard_count("batch", mesh, rules)
     if train_cfg.chunk_rows < 1 or train_cfg.chunk_rows % shards:
       raise ValueError(f"config.train.chunk_rows={train_cfg.chunk_rows} must be a positive "
                        f"multiple of the mesh's {shards} batch shards")
@@ -84,7 +87,7 @@ class Learner:
   def precompile(self, longest_row: int):
     """The update's and the scorers' programs for every chunk length up to `longest_row`."""
     train_cfg = self.config.train
-    spec = ts.batch_sharding(self.mesh)
+    spec = ts.batch_sharding(self.mesh, self.rules)
     longest = min(longest_row, self.length_buckets[-1])
     chunks = []
     for length in self.length_buckets[:self.length_buckets.index(
@@ -116,7 +119,7 @@ class Learner:
         loss_cfg, config.rollout.max_new_tokens,
         left_out=[r.loss_tokens(loss_cfg.mask_truncated)
                   for r, skip in zip(rows, inert) if skip])
-    chunks = [self._scored(ts.shard_batch(chunk, self.mesh)) for chunk in chunks]
+    chunks = [self._scored(ts.shard_batch(chunk, self.mesh, self.rules)) for chunk in chunks]
     for n in range(config.num_iterations):
       self.state, metrics = self.step_fn(self.state, chunks)
       if n == 0:  # the sampled tokens scored by the params that sampled them

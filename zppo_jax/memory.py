@@ -45,49 +45,53 @@ def model_config(family: str, path: str, size: str | None, what: str):
   return models.get(family).load_config(path)
 
 
-def _params(mcfg, dtype, mesh):
+def _params(mcfg, dtype, mesh, rules):
   model = models.of(mcfg)
   return sharding.bytes_per_device(model.param_shapes(mcfg, dtype),
-                                   model.param_shardings(mcfg, mesh))
+                                   model.param_shardings(mcfg, mesh, rules))
 
 
-def _cache(mcfg, mesh, prompts: int, prompt_len: int, new: int, samples: int) -> int:
-  return Sampler(mcfg, mesh=mesh).cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16)
+def _cache(mcfg, mesh, rules, prompts: int, prompt_len: int, new: int, samples: int) -> int:
+  return Sampler(mcfg, mesh=mesh, rules=rules).cache_bytes(prompts, prompt_len, new, samples,
+                                                           jnp.bfloat16)
 
 
 def estimate(config, devices: int, student_size: str | None = None,
              teacher_size: str | None = None) -> dict[str, int]:
   """Per-device bytes of each part of a run (see the module docstring)."""
   mesh = abstract_mesh(config.mesh.shape, devices)
+  rules = sharding.resolve(config.mesh.get("rules"))
   student = model_config(config.model.family, config.student.path, student_size,
                          "student")
   param_dtype = jnp.dtype(config.student.dtype)
   compute = jnp.dtype(config.train.compute_dtype)
   optimizer = ts.make_optimizer(config.train.optimizer)
-  state = ts.state_shardings(student, optimizer, mesh, param_dtype=param_dtype)
+  state = ts.state_shardings(student, optimizer, mesh, rules, param_dtype=param_dtype)
   params = models.of(student).param_shapes(student, param_dtype)
   master = sharding.bytes_per_device(params, state.params)
   out = {"student params": master, "gradients": master,  # gradients: like the params
          "optimizer state": sharding.bytes_per_device(jax.eval_shape(optimizer.init, params),
                                                       state.opt_state)}
   if compute != param_dtype:
-    out["sampling copy (compute dtype)"] = _params(student, compute, mesh)
+    out["sampling copy (compute dtype)"] = _params(student, compute, mesh, rules)
   if config.train.loss.beta:
     out["reference params"] = master
   questions = config.questions_per_step + (config.buffer.replay_per_step
                                            if config.buffer.enabled else 0)
-  r, z = config.rollout, config.zppo
+  rollout_cfg, zppo_cfg = config.rollout, config.zppo
   # The prompt of an original question is short; BCQ/NCQ prompts go up to max_prompt_tokens.
-  out["rollout cache (original)"] = _cache(student, mesh, questions, 512, r.max_new_tokens,
-                                           r.group_size)
-  if z.bcq or z.ncq:
-    out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, questions, z.max_prompt_tokens,
-                                            r.max_new_tokens, r.group_size)
+  out["rollout cache (original)"] = _cache(student, mesh, rules, questions, 512,
+                                           rollout_cfg.max_new_tokens,
+                                           rollout_cfg.group_size)
+  if zppo_cfg.bcq or zppo_cfg.ncq:
+    out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, rules, questions,
+                                            zppo_cfg.max_prompt_tokens,
+                                            rollout_cfg.max_new_tokens, rollout_cfg.group_size)
   if config.teacher.source == "model":
     teacher = model_config(config.model.family, config.teacher.path, teacher_size,
                            "teacher")
-    out["teacher params"] = _params(teacher, jnp.dtype(config.teacher.dtype), mesh)
-    out["teacher rollout cache"] = _cache(teacher, mesh, questions, 512,
+    out["teacher params"] = _params(teacher, jnp.dtype(config.teacher.dtype), mesh, rules)
+    out["teacher rollout cache"] = _cache(teacher, mesh, rules, questions, 512,
                                           config.teacher.max_new_tokens,
                                           config.teacher.num_rollouts)
   return out

@@ -40,6 +40,26 @@ MESHES = {
 }
 
 
+# config.mesh.rules' default (sharding.py): logical axis -> mesh axis (or tuple of mesh axes,
+# or None = replicated); the mesh axes are (data, fsdp, tensor).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("heads", "tensor"),
+    ("linear_qkv", "tensor"),
+    ("linear_v", "tensor"),
+    ("linear_heads", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("head_dim", None),
+    ("conv_kernel", None),
+)
+
+
 def config_module(relpath: str):
   """The module of a file under configs/ (files named on the command line, not a package),
   e.g. `config_module("tiny.py").get_config()`."""
@@ -182,7 +202,8 @@ def base_config() -> ml_collections.ConfigDict:
       every=0,
       at_start=True)
 
-  c.mesh = dict(shape=MESHES["cpu"], axis_types="auto")
+  c.mesh = dict(shape=MESHES["cpu"], axis_types="auto",
+                rules=LOGICAL_AXIS_RULES)  # logical axis -> mesh axes (sharding.from_config)
 
   # dir: "" = <workdir>/checkpoints; on several hosts a place all of them share (gs://...)
   c.checkpoint = dict(every=10, keep=3, async_save=True, dir="")

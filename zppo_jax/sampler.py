@@ -47,7 +47,8 @@ class Completions:
   finish_reason: list[str]
 
 
-def bucket(n: int, minimum: int, buckets: Sequence[int] | None = None, what: str = "length"):
+def padded_size(n: int, minimum: int, buckets: Sequence[int] | None = None,
+                what: str = "length"):
   """The smallest bucket holding n: from `buckets` if given, else a power of two >= minimum."""
   if buckets:
     for b in sorted(buckets):
@@ -117,19 +118,19 @@ class Sampler:
   """Compiled generation for one model config (and mesh); the trainer keeps one per model.
 
   A call with P prompts of at most T tokens, n samples each and m new tokens runs on
-  B = bucket(P) prompt rows (a power of two, a multiple of the batch shards), N = B·n sample
-  rows, and a cache of S = bucket(T) + bucket(m) slots in the params' dtype:
+  B = padded_size(P) prompt rows (a power of two, a multiple of the batch shards), N = B·n sample
+  rows, and a cache of S = padded_size(T) + padded_size(m) slots in the params' dtype:
 
       2·L_full·N·S·H_kv·head_dim·itemsize             KV cache of the full-attention layers
     + L_linear·N·((K−1)·conv_dim·itemsize + H_v·d_k·d_v·4)   conv and delta-rule state
 
-  (`cache_bytes` evaluates it), plus the prefill's activations for B·bucket(T) tokens and
+  (`cache_bytes` evaluates it), plus the prefill's activations for B·padded_size(T) tokens and
   [N, vocab] float32 logits per step. The prefill runs once per prompt; its cache is
   repeated n times, not recomputed.
   """
 
   def __init__(self, config, *, mesh=None,
-               rules=sharding_lib.DEFAULT_RULES, prompt_buckets: Sequence[int] | None = None,
+               rules=None, prompt_buckets: Sequence[int] | None = None,
                min_prompt_bucket: int = 16, min_new_bucket: int = 16, chunk_size: int = 64):
     self.config, self.model = config, models.of(config)  # the model family's functions
     self.mesh = mesh
@@ -153,11 +154,11 @@ class Sampler:
     """(prompt rows B, prompt slots, new-token slots) that a call of these sizes runs with:
     `rows` / `prompt_slots` / `new_slots` when given and large enough, else the sizes'
     buckets."""
-    rows = rows if rows >= num_prompts else bucket(num_prompts, 1, what="batch")
+    rows = rows if rows >= num_prompts else padded_size(num_prompts, 1, what="batch")
     rows = -(-rows // self.batch_shards) * self.batch_shards
-    slots = prompt_slots if prompt_slots >= prompt_len else bucket(
+    slots = prompt_slots if prompt_slots >= prompt_len else padded_size(
         prompt_len, self.min_prompt_bucket, self.prompt_buckets, "prompt length")
-    new = new_slots if new_slots >= max_new_tokens else bucket(
+    new = new_slots if new_slots >= max_new_tokens else padded_size(
         max_new_tokens, self.min_new_bucket, what="max_new_tokens")
     return rows, slots, new
 
@@ -341,7 +342,7 @@ class Sampler:
       ids[i, prompt_slots - len(p):] = p
       mask[i, prompt_slots - len(p):] = 1
     live = np.repeat(np.arange(rows) < len(prompts), num_samples)
-    stops = np.full((bucket(len(stop_token_ids), 8),), -1, np.int32)
+    stops = np.full((padded_size(len(stop_token_ids), 8),), -1, np.int32)
     stops[:len(stop_token_ids)] = stop_token_ids
 
     dtype = params["embed"].dtype

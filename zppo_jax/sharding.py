@@ -14,25 +14,19 @@ import jax
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from zppo_jax import run_config
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("q_heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("heads", "tensor"),
-    ("linear_qkv", "tensor"),
-    ("linear_v", "tensor"),
-    ("linear_heads", "tensor"),
-    ("layers", None),
-    ("norm", None),
-    ("head_dim", None),
-    ("conv_kernel", None),
-)
+DEFAULT_RULES = run_config.LOGICAL_AXIS_RULES  # config.mesh.rules' default; rules=None means it
+
+
+def resolve(rules) -> tuple:
+  """`rules` as a table (None: DEFAULT_RULES; lists from a config file become tuples)."""
+  if rules is None:
+    return DEFAULT_RULES
+  return tuple((name, tuple(target) if isinstance(target, list) else target)
+               for name, target in rules)
 
 
 AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
@@ -50,6 +44,21 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
   shape = mesh_shape(shape, len(devices), axis_names)
   return jax.make_mesh(shape, tuple(axis_names), axis_types=(AXIS_TYPES[axis_types],) * len(shape),
                        devices=devices)
+
+
+def from_config(mesh_cfg) -> tuple[Mesh, tuple]:
+  """(mesh, logical-axis rules) of `config.mesh`: its shape and axis types, and its `rules`,
+  which may name only the mesh's axes. Pass the rules to whatever places arrays on the
+  mesh (`rules=`)."""
+  mesh = make_mesh(tuple(mesh_cfg.shape), axis_types=mesh_cfg.axis_types)
+  rules = resolve(mesh_cfg.get("rules"))
+  for name, target in rules:
+    targets = () if target is None else (target,) if isinstance(target, str) else target
+    unknown = [t for t in targets if t not in mesh.axis_names]
+    if unknown:
+      raise ValueError(f"config.mesh.rules: logical axis {name!r} maps to {unknown}, not axes "
+                       f"of the mesh {tuple(mesh.axis_names)}")
+  return mesh, rules
 
 
 def mesh_shape(shape: Sequence[int] | None, n: int,
@@ -76,25 +85,27 @@ def explicit_axes(mesh) -> tuple[str, ...]:
                if kind == AxisType.Explicit)
 
 
-def mesh_axes_of(name: str | None, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[str, ...]:
+def mesh_axes_of(name: str | None, mesh: Mesh, rules=None) -> tuple[str, ...]:
   """The mesh axes (present in `mesh`) that logical axis `name` maps to under `rules`."""
+  rules = resolve(rules)
   target = dict(rules).get(name) if name is not None else None
   mesh_axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
   return tuple(a for a in mesh_axes if a in mesh.shape)
 
 
-def shard_count(name: str, mesh: Mesh, rules=DEFAULT_RULES) -> int:
+def shard_count(name: str, mesh: Mesh, rules=None) -> int:
   """How many ways logical axis `name` is split on `mesh` (e.g. batch shards)."""
   return math.prod(mesh.shape[a] for a in mesh_axes_of(name, mesh, rules))
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules=DEFAULT_RULES) -> PartitionSpec:
+                    rules=None) -> PartitionSpec:
   """PartitionSpec for an array of `shape` whose dims are named `axes`.
 
   A dim whose size the mapped mesh axes do not divide is replicated instead (logged), so a
   small model on a large mesh still places; each mesh axis is used at most once.
   """
+  rules = resolve(rules)
   table = dict(rules)
   used: set[str] = set()
   spec = []
@@ -119,7 +130,7 @@ def bytes_per_device(shape_tree, sharding_tree) -> int:
              for x, s in zip(jax.tree.leaves(shape_tree), jax.tree.leaves(sharding_tree)))
 
 
-def named_shardings(logical_tree, shape_tree, mesh: Mesh, rules=DEFAULT_RULES):
+def named_shardings(logical_tree, shape_tree, mesh: Mesh, rules=None):
   """Pytree of NamedSharding from a pytree of logical-axis tuples and one of arrays (or
   jax.ShapeDtypeStruct) with the same structure."""
   return jax.tree.map(

@@ -54,9 +54,9 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
   from zppo_jax import evaluate, evaluation, policies, sharding
   from zppo_jax.data import pipeline
   from zppo_jax.rl import rollouts, stages
-  mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
-  model_config, params, _ = evaluate.load_policy(config, checkpoint, mesh)
-  held = policies.load_all(config, mesh, model_config, params)
+  mesh, rules = sharding.from_config(config.mesh)
+  model_config, params, _ = evaluate.load_policy(config, checkpoint, mesh, rules)
+  held = policies.load_all(config, mesh, rules, model_config, params)
   params = jax.tree.map(lambda p: p.astype(jnp.dtype(config.train.compute_dtype)), params)
   source = pipeline.training_source(config.data, config.seed)
   if len(source) < num_questions:

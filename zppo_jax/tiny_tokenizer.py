@@ -3,8 +3,9 @@
 A byte-level BPE with Qwen3.5's pre-tokenizer (one digit a token, so arithmetic stays
 learnable), NFC normalisation and the chat special tokens, trained on what the tiny run
 shows its model: synthetic arithmetic questions in the chat format, their solutions, the
-review rows of the student's SFT and BCQ/NCQ prompts. It is saved as a standard `tokenizer.json`, so the tiny run loads it
-through the same `Tokenizer.load` as official weights. Rebuild it with
+review rows of the student's SFT and BCQ/NCQ prompts. It is saved as a standard
+`tokenizer.json`, so the tiny run loads it through the same `Tokenizer.load` as official
+weights. Rebuild it with
 
     python -m zppo_jax.tiny_tokenizer [--out DIR] [--vocab_size N]
 """

@@ -44,19 +44,20 @@ class Trainer:
     run_dir.claim(workdir, config, on_config_change, write=jax.process_index() == 0)
     compilation.enable_cache(config.compile_cache)
     self.config, self.workdir = config, workdir
-    self.mesh = sharding.make_mesh(tuple(config.mesh.shape), axis_types=config.mesh.axis_types)
+    self.mesh, self.rules = sharding.from_config(config.mesh)
     self.model_config, params = policies.load(config.model.family, config.student, self.mesh,
-                                              seed=config.seed)
+                                              self.rules, seed=config.seed)
     reformulates = self.method.reformulates and bool(config.zppo.bcq or config.zppo.ncq)
     self.prompt_limit = stages.prompt_limit(config.rollout, config.zppo, reformulates,
                                             self.model_config.max_position_embeddings)
-    self.policies = policies.load_all(config, self.mesh, self.model_config, params)
+    self.policies = policies.load_all(config, self.mesh, self.rules, self.model_config, params)
     self.prompt_overhead = len(rollouts.prompt_ids(self.policies.tokenizer, config.rollout,
                                                    [""])[0])
     self.sample_shapes = stages.sample_shapes(
         config.questions_per_step, config.buffer, config.zppo, reformulates,
         config.rollout.max_prompt_tokens, self.prompt_overhead)
-    self.learner = learner.Learner(config, self.method, self.mesh, self.policies, params)
+    self.learner = learner.Learner(config, self.method, self.mesh, self.rules, self.policies,
+                                   params)
     self.data_errors = pipeline.ErrorCounter()  # complete once the dataset is made
     self.dataset = pipeline.make_dataset(
         pipeline.training_source(config.data, config.seed), batch_size=config.questions_per_step,
@@ -83,29 +84,30 @@ class Trainer:
     one (or, with the persistent cache, loads them all): the sampler's for each call kind
     and row bucket (question prompts only when rollout.max_prompt_tokens fixes their slots),
     the evaluation's, and the learner's for every chunk length up to the longest row."""
-    c, p = self.config, self.policies
+    config, held = self.config, self.policies
     params = self.learner.sampling_params()
     questions, reformulated = (self.sample_shapes[k] for k in ("questions", "reformulated"))
     calls = []  # (sampler, params, shape, max_new_tokens, temperature, num_samples)
     if questions["prompt_slots"]:
-      if c.distill.student_rollouts:
-        calls.append((p.sampler, params, questions, c.rollout.max_new_tokens,
-                      c.rollout.temperature, c.rollout.group_size))
-      if c.teacher.source == "model":
-        calls.append((p.teacher_sampler, p.teacher_params, questions, c.teacher.max_new_tokens,
-                      c.teacher.temperature, c.teacher.num_rollouts))
-    if self.method.reformulates and (c.zppo.bcq or c.zppo.ncq):
-      calls.append((p.sampler, params, reformulated, c.rollout.max_new_tokens,
-                    c.rollout.temperature, c.rollout.group_size))
+      if config.distill.student_rollouts:
+        calls.append((held.sampler, params, questions, config.rollout.max_new_tokens,
+                      config.rollout.temperature, config.rollout.group_size))
+      if config.teacher.source == "model":
+        calls.append((held.teacher_sampler, held.teacher_params, questions,
+                      config.teacher.max_new_tokens,
+                      config.teacher.temperature, config.teacher.num_rollouts))
+    if self.method.reformulates and (config.zppo.bcq or config.zppo.ncq):
+      calls.append((held.sampler, params, reformulated, config.rollout.max_new_tokens,
+                    config.rollout.temperature, config.rollout.group_size))
     for sampler, call_params, shape, new, temperature, n in calls:
       for rows in shape["rows"]:
         sampler.precompile(call_params, rows, shape["prompt_slots"], max_new_tokens=new,
-                           temperature=temperature, top_p=c.rollout.top_p, num_samples=n,
-                           stop_token_ids=p.tokenizer.stop_token_ids, rows=rows,
+                           temperature=temperature, top_p=config.rollout.top_p, num_samples=n,
+                           stop_token_ids=held.tokenizer.stop_token_ids, rows=rows,
                            prompt_slots=shape["prompt_slots"])
     if self.evaluator:
       self.evaluator.precompile(params)
-    self.learner.precompile(learner.longest_row(c, self.method, self.prompt_overhead))
+    self.learner.precompile(learner.longest_row(config, self.method, self.prompt_overhead))
 
   # -- checkpoints ---------------------------------------------------------------------------
 
@@ -141,7 +143,7 @@ class Trainer:
 
   # -- one step ------------------------------------------------------------------------------
 
-  def train_step(self) -> tuple[dict, list, list[dict]]:
+  def rl_step(self) -> tuple[dict, list, list[dict]]:
     """One RL step (`rl_step`) on the loop's state: (metrics, groups, reformulations)."""
     out = rl_step(self.config, self.method, self.policies, self.learner, self.data_iter,
                   self.buffer, self.step, prompt_limit=self.prompt_limit,
@@ -155,12 +157,12 @@ class Trainer:
     """The held-out sets on the current params: `eval/...` metrics, and the per-question
     results in <workdir>/eval/step_<N>.json/.md. Sampling seeds depend on the run's seed
     only, so every step (and `zppo_jax.evaluate` on a checkpoint) draws alike."""
-    c, name = self.config, run_config.label(self.config)
-    results = self.evaluator.run(self.learner.sampling_params(), c.seed)
-    evaluation.write(results, os.path.join(self.workdir, "eval"), c,
+    config, name = self.config, run_config.label(self.config)
+    results = self.evaluator.run(self.learner.sampling_params(), config.seed)
+    evaluation.write(results, os.path.join(self.workdir, "eval"), config,
                      stem=f"step_{self.step:06d}", title=f"{name} after {self.step} steps",
-                     extra={"method": name, "seed": c.seed, "step": self.step})
-    return evaluation.metrics(results, c.eval.pass_at)
+                     extra={"method": name, "seed": config.seed, "step": self.step})
+    return evaluation.metrics(results, config.eval.pass_at)
 
   def close(self):
     self.sync.close()
@@ -173,32 +175,34 @@ class Trainer:
 
   def run(self) -> bool:
     """Trains to `total_steps`; False when stopped early by SIGTERM (after a checkpoint)."""
-    c = self.config
-    writer = MetricWriter(self.workdir, tensorboard=c.log.tensorboard, start_step=self.step)
+    config = self.config
+    writer = MetricWriter(self.workdir, tensorboard=config.log.tensorboard, start_step=self.step)
     bar = None
     console = jax.process_index() == 0
     if console and self.step:
       print(f"resuming at step {self.step} from {self.checkpointer.directory}", flush=True)
-    if c.log.progress and console:
+    if config.log.progress and console:
       import tqdm
-      bar = tqdm.tqdm(total=c.total_steps, initial=self.step, desc=run_config.label(c), unit="step")
+      bar = tqdm.tqdm(total=config.total_steps, initial=self.step,
+                      desc=run_config.label(config), unit="step")
     stopped, exported = False, None
     try:
-      while self.step < c.total_steps:
+      while self.step < config.total_steps:
         if self.sync.check(self.step, self.fingerprint() if jax.process_count() > 1 else ""):
           stopped = True
           break
         held_out = {}
-        if self.evaluator and self.step % c.eval.every == 0 and (self.step or c.eval.at_start):
+        if (self.evaluator and self.step % config.eval.every == 0
+            and (self.step or config.eval.at_start)):
           held_out = self.evaluate()  # params after `self.step` updates, logged on that line
-        metrics, groups, reformulations = self.train_step()
+        metrics, groups, reformulations = self.rl_step()
         metrics.update(held_out)
         step = self.step - 1
-        if step % c.log.every == 0 or self.step == c.total_steps or held_out:
+        if step % config.log.every == 0 or self.step == config.total_steps or held_out:
           writer.write(step, metrics)
-        if c.log.samples_every and step % c.log.samples_every == 0:
+        if config.log.samples_every and step % config.log.samples_every == 0:
           writer.records("samples", step, metrics_lib.samples(
-              groups, self.policies.tokenizer.decode, c.log.num_samples))
+              groups, self.policies.tokenizer.decode, config.log.num_samples))
         writer.records("reformulations", step, reformulations)
         self.save()
         if bar is not None:
@@ -214,7 +218,7 @@ class Trainer:
       if stopped:
         logging.warning("stopped by a signal after %d steps, checkpointed: rerun the same "
                         "command to resume", self.step)
-      elif c.export.at_end:
+      elif config.export.at_end:
         exported = self.export()
     finally:
       if bar is not None:

@@ -69,7 +69,7 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                   mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
 
 
-def state_shardings(model_config, optimizer, mesh, rules=sharding.DEFAULT_RULES,
+def state_shardings(model_config, optimizer, mesh, rules=None,
                     param_dtype=jnp.float32) -> TrainState:
   """NamedShardings of the whole state: params by their logical axes, optimizer moments like
   the params they belong to, counters and the key replicated."""
@@ -83,13 +83,13 @@ def state_shardings(model_config, optimizer, mesh, rules=sharding.DEFAULT_RULES,
                     rng=replicated)
 
 
-def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
+def batch_sharding(mesh, rules=None) -> NamedSharding:
   """Leading (batch) dim over the `batch` rule's mesh axes; a prefix for every batch array."""
   axes = sharding.mesh_axes_of("batch", mesh, rules)
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
-def shard_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+def shard_batch(batch: dict, mesh, rules=None) -> dict:
   """The global batch (numpy, the same on every host, as the trainer builds it) as arrays
   split over the batch shards: each device takes its block, no host sends rows to another."""
   spec = batch_sharding(mesh, rules)
@@ -211,7 +211,7 @@ def weigh_rows(chunks: Sequence[dict], loss_cfg, max_tokens: int = 0,
   return out
 
 
-def check_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES):
+def check_batch(batch: dict, mesh, rules=None):
   """Errors naming the field when a chunk cannot be split over the mesh."""
   rows = batch["tokens"].shape[0]
   for name, x in batch.items():
@@ -237,7 +237,7 @@ class TrainStep:
   (`losses.diagnostics`)."""
 
   def __init__(self, model_config, optimizer, cfg, mesh, shardings: TrainState,
-               rules=sharding.DEFAULT_RULES):
+               rules=None):
     spec = batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._accumulate = jax.jit(
@@ -284,7 +284,7 @@ class TrainStep:
     return state, metrics
 
 
-def jit_score(model_config, cfg, mesh, param_sharding, rules=sharding.DEFAULT_RULES,
+def jit_score(model_config, cfg, mesh, param_sharding, rules=None,
               with_entropy: bool = False):
   """`score` jitted for a sharded model: old, reference or teacher log-probs [B, T] of a
   batch (the teacher passes its own config and params on the same mesh)."""

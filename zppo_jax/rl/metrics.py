@@ -55,9 +55,9 @@ def step_metrics(groups: Sequence[Group], extra_groups: Sequence[Group], hard: S
     out[f"{kind}/accuracy"] = mean([x.rewards for x in mine])
   everyone = buffer.entries + buffer.retired
   graduates = [e for e in buffer.retired if e.outcome == replay_buffer.GRADUATED]
-  for key, n in replay_buffer.bucket_counts(everyone, group_size).items():
+  for key, n in replay_buffer.admission_counts(everyone, group_size).items():
     out[f"buffer/admitted_total/{key}"] = n
-  for key, n in replay_buffer.bucket_counts(graduates, group_size).items():
+  for key, n in replay_buffer.admission_counts(graduates, group_size).items():
     out[f"buffer/graduated_total/{key}"] = n
   out["buffer/graduated_total"] = len(graduates)
   return out

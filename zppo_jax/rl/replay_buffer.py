@@ -122,7 +122,7 @@ def sample(state: BufferState, num: int, rng: np.random.Generator, *,
   return tuple(pool[i] for i in sorted(rng.choice(len(pool), size=num, replace=False)))
 
 
-def bucket_counts(entries: Sequence[Entry], group_size: int) -> dict[str, int]:
+def admission_counts(entries: Sequence[Entry], group_size: int) -> dict[str, int]:
   """Entries per admission bucket, keyed by the bucket's number of correct rollouts out of
   `group_size` (the paper's 0, 1/8, 2/8, 3/8 buckets are keys "0/8" .. "3/8")."""
   counts: dict[str, int] = {}

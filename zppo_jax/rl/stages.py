@@ -24,7 +24,7 @@ from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
 from zppo_jax.rl import batching, prompts, replay_buffer, rollouts
 from zppo_jax.rl.rollouts import BCQ, NCQ, ORIGINAL, Group
-from zppo_jax.sampler import bucket
+from zppo_jax.sampler import padded_size
 
 LONG_QUESTIONS = ("skip", "cut")
 
@@ -120,12 +120,11 @@ def sample_shapes(questions_per_step: int, buffer_cfg, zppo_cfg, reformulates: b
   per_question = ((zppo_cfg.bcq_per_question if zppo_cfg.bcq else 0)
                   + (1 if zppo_cfg.ncq else 0)) if reformulates else 0
   row_buckets = lambda rows: tuple(sorted({max(1, rows // 2), rows}))
-  return {"questions": dict(rows=row_buckets(most),
-                            prompt_slots=bucket(max_prompt_tokens, 16) if max_prompt_tokens
-                            else 0),
+  slots = padded_size(max_prompt_tokens, 16) if max_prompt_tokens else 0
+  return {"questions": dict(rows=row_buckets(most), prompt_slots=slots),
           "reformulated": dict(rows=row_buckets(most * max(per_question, 1)),
-                               prompt_slots=bucket(zppo_cfg.max_prompt_tokens + prompt_overhead,
-                                                   16))}
+                               prompt_slots=padded_size(
+                                   zppo_cfg.max_prompt_tokens + prompt_overhead, 16))}
 
 
 # ------------------------------------------------------------------------------ teacher in prompts

@@ -53,7 +53,8 @@ def rl_step(config, method: Method, policies, learner, data_iter,
   """Step `step` of the run `config` (its slices go to each stage): samples with the
   learner's current params, trains them (`learner.update`), and returns the new buffer."""
   lap, graded = _Laps(), rewards.TALLY.snapshot()
-  tok, seed, rollout_cfg, reward_cfg = policies.tokenizer, config.seed, config.rollout, config.reward
+  tok, seed = policies.tokenizer, config.seed
+  rollout_cfg, reward_cfg = config.rollout, config.reward
   params = learner.sampling_params()
 
   def roll_out(items, stage_seed, shape):

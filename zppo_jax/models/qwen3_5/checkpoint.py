@@ -26,7 +26,6 @@ from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from zppo_jax import sharding as sharding_lib
 from zppo_jax.models.qwen3_5 import config as config_lib
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 from zppo_jax.models.qwen3_5.params import ParamSpec, param_specs
@@ -128,7 +127,7 @@ def _read(handle, key: str, spec: ParamSpec, index: tuple[slice, ...], dtype) ->
 
 
 def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
-                       rules=sharding_lib.DEFAULT_RULES) -> tuple[Qwen3_5Config, dict]:
+                       rules=None) -> tuple[Qwen3_5Config, dict]:
   """Loads a Qwen3.5 text model from a Hugging Face checkpoint directory.
 
   Args:

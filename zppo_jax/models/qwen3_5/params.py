@@ -125,7 +125,7 @@ def logical_axes(config: Qwen3_5Config) -> dict:
   return traverse_util.unflatten_dict({s.path: s.stacked_axes() for s in param_specs(config)})
 
 
-def shardings(config: Qwen3_5Config, mesh, rules=sharding_lib.DEFAULT_RULES) -> dict:
+def shardings(config: Qwen3_5Config, mesh, rules=None) -> dict:
   """Pytree like params of the NamedSharding each parameter gets on `mesh`: what
   `load_hf_checkpoint` places and what jitted functions declare as their in_shardings."""
   return traverse_util.unflatten_dict({
