@@ -196,17 +196,18 @@ class Sampler:
     c = self.config
     slots = prompt_slots + new_slots
 
-    def prefill(params, ids, mask):
+    def prefill(params, ids_BxT, mask_BxT):
       """Left-padded prompts [B, T] -> (cache for N = B·n rows, next-token logits [N, V])."""
       self.compile_count += 1
       cache = self.model.init_cache(c, rows, slots, dtype)
-      h, cache = self.model.hidden_states(c, params, ids, mask, cache, chunk_size=self.chunk_size)
-      logits = self.model.logits_from_hidden(c, params, h[:, -1]).astype(jnp.float32)
+      h_BxTxD, cache = self.model.hidden_states(c, params, ids_BxT, mask_BxT, cache,
+                                                chunk_size=self.chunk_size)
+      logits_BxV = self.model.logits_from_hidden(c, params, h_BxTxD[:, -1]).astype(jnp.float32)
       repeat = lambda axes, x: jnp.repeat(x, num_samples, axis=axes.index("batch")) if (
           "batch" in axes) else x
-      cache = jax.tree.map(repeat, self.model.CACHE_LOGICAL_AXES, cache,
+      cache = jax.tree.map(repeat, self.model.CACHE_LOGICAL_AXES, cache,  # B rows -> N = B·n
                            is_leaf=lambda x: isinstance(x, tuple))
-      return cache, jnp.repeat(logits, num_samples, axis=0)
+      return cache, jnp.repeat(logits_BxV, num_samples, axis=0)
 
     if self.mesh is None:
       program = jax.jit(prefill)
@@ -269,9 +270,10 @@ class Sampler:
       def body(state):
         step, cache, tok, out = state
         running = (live & ~out[-1])[:, None]  # finished rows feed a masked (ignored) token
-        logits, cache = self.model.apply(c, params, tok[:, None], running, cache,
-                                      chunk_size=self.chunk_size)
-        new, lp = pick(logits[:, 0].astype(jnp.float32), step_keys(step), temperature, top_p)
+        logits_Nx1xV, cache = self.model.apply(c, params, tok[:, None], running, cache,
+                                               chunk_size=self.chunk_size)
+        new, lp = pick(logits_Nx1xV[:, 0].astype(jnp.float32), step_keys(step), temperature,
+                       top_p)
         return step + 1, cache, new, emit(step, new, lp, *out)
 
       _, cache, _, (tokens, logprobs, lengths, stopped) = jax.lax.while_loop(
