@@ -1,0 +1,280 @@
+"""The Qwen3.5 vision tower (`model.visual.*` of the official repositories), as
+`transformers`' `Qwen3_5VisionModel`: patches of (temporal, height, width) pixels embedded by
+one linear map (the Conv3d whose stride is its kernel), the learned square position grid
+resampled bilinearly to each image's grid, blocks of 2-D rotary attention confined to each
+frame of each image or video, and the spatial patch merger that turns each
+`spatial_merge_size`² block of patches into one token of the text model's width.
+
+The per-image layout (which patch belongs to which frame, its grid position, its taps into
+the position grid) depends only on `grid_thw`, so it is computed once on the host
+(`layout`) and the forward pass is one jitted program over packed patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from zppo_jax.models.qwen3_5.params import ParamSpec
+
+VISION = "vision"   # the stack (layer type) of the vision blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """The `vision_config` of a Qwen3.5 config.json (hashable: a jit static argument)."""
+  depth: int
+  hidden_size: int
+  intermediate_size: int
+  num_heads: int
+  out_hidden_size: int
+  num_position_embeddings: int
+  in_channels: int = 3
+  patch_size: int = 16
+  temporal_patch_size: int = 2
+  spatial_merge_size: int = 2
+  rope_theta: float = 10000.0
+  hidden_act: str = "gelu_pytorch_tanh"
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Pixels per patch, in the order (channel, time, row, column) of `pixel_values` rows."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+  @property
+  def grid_side(self) -> int:
+    return int(round(self.num_position_embeddings ** 0.5))
+
+  @property
+  def layer_types(self) -> tuple[str, ...]:
+    return (VISION,) * self.depth
+
+  @property
+  def merged_size(self) -> int:
+    return self.hidden_size * self.spatial_merge_size ** 2
+
+
+ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
+
+
+def config_from_hf(fields: dict, source: str = "vision_config") -> VisionConfig:
+  """A VisionConfig from the `vision_config` dict of a config.json; errors name the field."""
+  names = {f.name for f in dataclasses.fields(VisionConfig)} - {"rope_theta"}
+  kwargs = {k: fields[k] for k in names if k in fields}
+  missing = [f.name for f in dataclasses.fields(VisionConfig)
+             if f.default is dataclasses.MISSING and f.name not in kwargs]
+  if missing:
+    raise ValueError(f"{source}: missing field(s) {missing}")
+  for key in ("patch_size", "temporal_patch_size"):
+    if isinstance(kwargs.get(key), (list, tuple)):
+      if len(set(kwargs[key])) != 1:
+        raise ValueError(f"{source}.{key}={kwargs[key]}: only square patches are supported")
+      kwargs[key] = kwargs[key][0]
+  rope = fields.get("rope_parameters") or {}
+  if rope.get("rope_type", "axial") != "axial":
+    raise ValueError(f"{source}.rope_parameters.rope_type={rope['rope_type']!r}: only axial")
+  config = VisionConfig(**kwargs, rope_theta=float(rope.get("rope_theta", 10000.0)))
+  if config.hidden_act not in ACTIVATIONS:
+    raise ValueError(f"{source}.hidden_act={config.hidden_act!r}: one of {ACTIVATIONS}")
+  if config.grid_side ** 2 != config.num_position_embeddings:
+    raise ValueError(f"{source}.num_position_embeddings={config.num_position_embeddings} is "
+                     "not a square grid")
+  if config.hidden_size % config.num_heads or config.head_dim % 4:
+    raise ValueError(f"{source}: hidden_size / num_heads must be a multiple of 4")
+  return config
+
+
+# ------------------------------------------------------------------------------ parameters
+
+def param_specs(config: VisionConfig) -> list[ParamSpec]:
+  """The vision tower's parameters (HF names after `model.visual.`); the blocks stack along
+  a leading `layers` axis. hf_layout "conv3d": HF's [D, C, T, P, P] kernel is our [C·T·P·P, D]."""
+  d, f, m = config.hidden_size, config.intermediate_size, config.merged_size
+
+  def block(name, shape, axes, hf, layout, init):
+    return ParamSpec(("blocks",) + name, shape, axes, "blocks.{i}." + hf, layout, init, VISION)
+
+  specs = [
+      ParamSpec(("patch_embed", "kernel"), (config.patch_dim, d), (None, "embed"),
+                "patch_embed.proj.weight", "conv3d", "normal"),
+      ParamSpec(("patch_embed", "bias"), (d,), ("norm",), "patch_embed.proj.bias", "same",
+                "zeros"),
+      ParamSpec(("pos_embed",), (config.num_position_embeddings, d), (None, "embed"),
+                "pos_embed.weight", "same", "normal"),
+  ]
+  for norm in ("norm1", "norm2"):
+    specs += [block((norm, "scale"), (d,), ("norm",), norm + ".weight", "same", "ones"),
+              block((norm, "bias"), (d,), ("norm",), norm + ".bias", "same", "zeros")]
+  for name, hf, shape, axes in [("qkv", "attn.qkv", (d, 3 * d), ("embed", "heads")),
+                                ("proj", "attn.proj", (d, d), ("heads", "embed")),
+                                ("fc1", "mlp.linear_fc1", (d, f), ("embed", "mlp")),
+                                ("fc2", "mlp.linear_fc2", (f, d), ("mlp", "embed"))]:
+    specs += [block((name, "kernel"), shape, axes, hf + ".weight", "linear", "normal"),
+              block((name, "bias"), shape[1:], axes[1:], hf + ".bias", "same", "zeros")]
+  specs += [
+      ParamSpec(("merger", "norm", "scale"), (d,), ("norm",), "merger.norm.weight", "same",
+                "ones"),
+      ParamSpec(("merger", "norm", "bias"), (d,), ("norm",), "merger.norm.bias", "same", "zeros"),
+      ParamSpec(("merger", "fc1", "kernel"), (m, m), ("mlp", "embed"),
+                "merger.linear_fc1.weight", "linear", "normal"),
+      ParamSpec(("merger", "fc1", "bias"), (m,), ("embed",), "merger.linear_fc1.bias", "same",
+                "zeros"),
+      ParamSpec(("merger", "fc2", "kernel"), (m, config.out_hidden_size), ("embed", None),
+                "merger.linear_fc2.weight", "linear", "normal"),
+      ParamSpec(("merger", "fc2", "bias"), (config.out_hidden_size,), (None,),
+                "merger.linear_fc2.bias", "same", "zeros"),
+  ]
+  return specs
+
+
+def from_hf(config: VisionConfig, tensor) -> dict:
+  """The params from HF tensors: `tensor(name)` -> numpy array of `model.visual.<name>`."""
+  out = {}
+  for spec in param_specs(config):
+    names = ([spec.hf_name.format(i=i) for i in range(config.depth)] if spec.layer_type
+             else [spec.hf_name])
+    arrays = []
+    for name in names:
+      x = np.asarray(tensor(name))
+      x = (x.T if spec.hf_layout == "linear" else
+           x.reshape(x.shape[0], -1).T if spec.hf_layout == "conv3d" else x)
+      if x.shape != spec.shape:
+        raise ValueError(f"model.visual.{name}: shape {x.shape} (as ours), expected "
+                         f"{spec.shape} from the vision_config")
+      arrays.append(x)
+    out[spec.path] = np.stack(arrays) if spec.layer_type else arrays[0]
+  return traverse_util.unflatten_dict(out)
+
+
+# ------------------------------------------------------------------------------ layout
+
+def layout(config: VisionConfig, grid_thw: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+  """Host-side arrays of a batch of images/videos with grids (t, h, w) in patches, packed in
+  order (patches within a frame in merge-block order, as the processor emits them):
+    segments [N] int32: which frame of which image each patch is in (attention stays inside)
+    rope_hw [N, 2] int32: the patch's (row, column) for the 2-D rotary embedding
+    taps [N, 4] int32, tap_weights [N, 4] float32: bilinear taps into the position grid
+      (align_corners=True, as transformers resamples it)."""
+  m, side = config.spatial_merge_size, config.grid_side
+  segments, rope_hw, taps, weights = [], [], [], []
+  frame = 0
+  for t, h, w in grid_thw:
+    t, h, w = int(t), int(h), int(w)
+    if h % m or w % m:
+      raise ValueError(f"image grid {(t, h, w)}: height and width must be multiples of "
+                       f"spatial_merge_size={m}")
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    order = lambda a: a.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).reshape(-1)
+    row, col = order(rows), order(cols)
+    row_taps, row_w = _axis_taps(row, h, side)
+    col_taps, col_w = _axis_taps(col, w, side)
+    frame_taps = (row_taps[:, :, None] * side + col_taps[:, None, :]).reshape(-1, 4)
+    frame_w = (row_w[:, :, None] * col_w[:, None, :]).reshape(-1, 4)
+    for _ in range(t):
+      segments.append(np.full(h * w, frame, np.int32))
+      rope_hw.append(np.stack([row, col], axis=-1))
+      taps.append(frame_taps)
+      weights.append(frame_w)
+      frame += 1
+  return {"segments": np.concatenate(segments).astype(np.int32),
+          "rope_hw": np.concatenate(rope_hw).astype(np.int32),
+          "taps": np.concatenate(taps).astype(np.int32),
+          "tap_weights": np.concatenate(weights).astype(np.float32)}
+
+
+def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+  """Bilinear taps [n, 2] into a `side`-long axis for positions on an axis of `size`, and
+  their weights (align_corners=True: the ends map to 0 and side - 1)."""
+  src = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(size - 1, 1))
+  floor = np.floor(src)
+  taps = floor.astype(np.int64)[:, None] + np.arange(2)
+  weights = np.clip(1 - np.abs(src[:, None] - floor[:, None] - np.arange(2)), 0, None)
+  return np.clip(taps, 0, side - 1), weights.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ forward
+
+def _layer_norm(x, p, eps=1e-6):
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = ((x32 - mean) ** 2).mean(-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+  return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+def _linear(x, p):
+  return x @ p["kernel"] + p["bias"]
+
+
+def _rotate(x_NxHxK, cos_NxK, sin_NxK):
+  """Rotate-half rotary embedding over the whole head dim, in float32."""
+  x = x_NxHxK.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return (x * cos_NxK[:, None] + rotated * sin_NxK[:, None]).astype(x_NxHxK.dtype)
+
+
+def rotary(config: VisionConfig, rope_hw_Nx2):
+  """cos, sin [N, head_dim] of the axial 2-D rotary embedding: a quarter of the frequencies
+  each for row and column, repeated over the two halves of the head dim."""
+  quarter = config.head_dim // 2
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, quarter, 2, dtype=jnp.float32)
+                                          / quarter))
+  freqs_Nx2xF = rope_hw_Nx2.astype(jnp.float32)[..., None] * inv_freq
+  angles = freqs_Nx2xF.reshape(freqs_Nx2xF.shape[0], -1)  # rows' frequencies, then columns'
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def forward(config: VisionConfig, params, pixel_values, segments, rope_hw, taps, tap_weights):
+  """pixel_values [N, patch_dim] (packed patches of every image and video, `layout` order)
+  -> merged tokens [N / spatial_merge_size², out_hidden_size], in the params' dtype."""
+  dtype = params["pos_embed"].dtype
+  heads, head_dim = config.num_heads, config.head_dim
+  x_NxD = _linear(pixel_values.astype(dtype), params["patch_embed"])
+  pos_Nx4xD = params["pos_embed"][taps]
+  x_NxD = x_NxD + jnp.sum(pos_Nx4xD * tap_weights[..., None].astype(dtype), axis=1)
+  cos, sin = rotary(config, rope_hw)
+  same_frame_NxN = segments[:, None] == segments[None, :]
+  act = activation(config.hidden_act)
+
+  def block(x_NxD, p):
+    n = x_NxD.shape[0]
+    qkv_Nx3xHxK = _linear(_layer_norm(x_NxD, p["norm1"]), p["qkv"]).reshape(n, 3, heads,
+                                                                            head_dim)
+    q, k, v = (qkv_Nx3xHxK[:, i] for i in range(3))
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    logits_HxNxN = jnp.einsum("nhk,mhk->hnm", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits_HxNxN = jnp.where(same_frame_NxN[None], logits_HxNxN * head_dim ** -0.5, -jnp.inf)
+    weights = jax.nn.softmax(logits_HxNxN, axis=-1).astype(dtype)
+    attended_NxD = jnp.einsum("hnm,mhk->nhk", weights, v).reshape(n, heads * head_dim)
+    x_NxD = x_NxD + _linear(attended_NxD, p["proj"])
+    hidden = act(_linear(_layer_norm(x_NxD, p["norm2"]), p["fc1"]))
+    return x_NxD + _linear(hidden, p["fc2"]), None
+
+  x_NxD, _ = jax.lax.scan(block, x_NxD, params["blocks"])
+  merger = params["merger"]
+  merged_MxE = _layer_norm(x_NxD, merger["norm"]).reshape(-1, config.merged_size)
+  hidden_MxE = jax.nn.gelu(_linear(merged_MxE, merger["fc1"]), approximate=False)
+  return _linear(hidden_MxE, merger["fc2"])
+
+
+def activation(name: str):
+  """The blocks' activation: torch's tanh-approximated GELU or the exact one."""
+  return lambda x: jax.nn.gelu(x, approximate=name == "gelu_pytorch_tanh")
+
+
+def encode(config: VisionConfig, params, pixel_values, grid_thw) -> jax.Array:
+  """`forward` with the layout of `grid_thw` computed here: the one-call form."""
+  meta = layout(config, grid_thw)
+  return forward(config, params, jnp.asarray(pixel_values), **{k: jnp.asarray(v)
+                                                               for k, v in meta.items()})
