@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.models.qwen3_5 import configuration_qwen3_5, modeling_qwen3_5
 
+from zppo_jax.models.qwen3_5 import config as config_lib
 from zppo_jax.models.qwen3_5 import vision
 
 HF = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=40,
@@ -28,7 +29,7 @@ def reference():
 
 def test_vision_tower_matches_transformers(reference):
   hf_config, model = reference
-  config = vision.config_from_hf(hf_config.to_dict())
+  config = config_lib.vision_from_hf_dict(hf_config.to_dict())
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   params = vision.from_hf(config, lambda name: state[name])
   patches = sum(t * h * w for t, h, w in GRIDS)
@@ -43,7 +44,7 @@ def test_vision_tower_matches_transformers(reference):
 def test_attention_stays_inside_each_frame(reference):
   """Changing one image's pixels leaves the other images' tokens exactly as they were."""
   hf_config, model = reference
-  config = vision.config_from_hf(hf_config.to_dict())
+  config = config_lib.vision_from_hf_dict(hf_config.to_dict())
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   params = vision.from_hf(config, lambda name: state[name])
   sizes = [t * h * w for t, h, w in GRIDS]
@@ -60,11 +61,97 @@ def test_attention_stays_inside_each_frame(reference):
 
 def test_bad_configs_grids_and_tensors_are_named(reference):
   with pytest.raises(ValueError, match="vision_config: missing field"):
-    vision.config_from_hf({"depth": 1})
-  config = vision.config_from_hf(HF)
+    config_lib.vision_from_hf_dict({"depth": 1})
+  config = config_lib.vision_from_hf_dict(HF)
   with pytest.raises(ValueError, match="multiples of spatial_merge_size=2"):
     vision.layout(config, [(1, 3, 4)])
   state = {k: v.detach().numpy() for k, v in reference[1].state_dict().items()}
   state["pos_embed.weight"] = np.zeros((9, 32), np.float32)  # a 3x3 grid, not the config's 4x4
   with pytest.raises(ValueError, match=r"model.visual.pos_embed.weight: shape \(9, 32\)"):
     vision.from_hf(config, lambda name: state[name])
+
+
+# ------------------------------------------------------------------------------ the VLM
+
+IMAGE, VIDEO, START, END = 95, 96, 97, 98   # placeholder and vision start / end ids
+
+
+@pytest.fixture(scope="module")
+def hf_vlm(tmp_path_factory):
+  """A tiny Qwen3_5ForConditionalGeneration whose M-RoPE turns all three axes (8 rotary
+  frequencies: height and width take 3 and 2 of them), saved in the official layout."""
+  from conftest import TINY, _perturb
+  torch.manual_seed(0)
+  text = dict(TINY["tied_bias"], initializer_range=0.08,
+              rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                               "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2]})
+  hf_config = configuration_qwen3_5.Qwen3_5Config(
+      text_config=text, vision_config=dict(HF, out_hidden_size=text["hidden_size"]),
+      image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START,
+      vision_end_token_id=END, tie_word_embeddings=True)
+  model = _perturb(modeling_qwen3_5.Qwen3_5ForConditionalGeneration(hf_config).eval())
+  path = tmp_path_factory.mktemp("hf_vlm")
+  model.save_pretrained(path)
+  return model, str(path)
+
+
+def _vlm_batch():
+  """Row 0: two images of different grids between text; row 1 (left-padded): a two-frame
+  video, each frame behind its timestamp tokens."""
+  image = lambda n: [START] + [IMAGE] * n + [END]
+  frame = lambda stamp: [stamp, START] + [VIDEO] * 4 + [END]
+  row0 = [5, 6, 7] + image(6) + [8, 9] + image(1) + [10, 11, 12]
+  row1 = [13, 14] + frame(20) + frame(21) + [15, 16]
+  length = max(len(row0), len(row1))
+  ids = np.zeros((2, length), np.int64)
+  mask = np.zeros((2, length), np.int64)
+  for i, row in enumerate((row0, row1)):
+    ids[i, length - len(row):], mask[i, length - len(row):] = row, 1
+  rng = np.random.default_rng(2)
+  patch_dim = 3 * 2 * 4 * 4
+  images, videos = [(1, 4, 6), (1, 2, 2)], [(2, 4, 4)]
+  pixels = rng.normal(size=(sum(t * h * w for t, h, w in images), patch_dim)).astype(np.float32)
+  frames = rng.normal(size=(sum(t * h * w for t, h, w in videos), patch_dim)).astype(np.float32)
+  return ids, mask, pixels, images, frames, videos
+
+
+def test_image_and_video_prompts_match_transformers(hf_vlm):
+  import safetensors.numpy
+  from zppo_jax.models import qwen3_5
+  from zppo_jax.models.qwen3_5 import multimodal
+  model, path = hf_vlm
+  config, params = qwen3_5.load_hf_checkpoint(path)
+  assert config.vision is not None and config.image_token_id == IMAGE
+  state = safetensors.numpy.load_file(f"{path}/model.safetensors")
+  params["visual"] = vision.from_hf(config.vision, lambda name: state["model.visual." + name])
+  ids, mask, pixels, images, frames, videos = _vlm_batch()
+  with torch.no_grad():
+    want = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor(images),
+                 pixel_values_videos=torch.from_numpy(frames),
+                 video_grid_thw=torch.tensor(videos),
+                 mm_token_type_ids=torch.tensor(multimodal.token_types(config, ids))
+                 ).logits.numpy()
+  got = np.asarray(qwen3_5.forward(config, params, ids, mask, pixel_values=pixels,
+                                   image_grid_thw=images, pixel_values_videos=frames,
+                                   video_grid_thw=videos))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=0)
+  # the positions are what transformers computes (row 1's padding is 0 in both)
+  hf_positions, _ = model.model.get_rope_index(
+      torch.tensor(ids), torch.tensor(multimodal.token_types(config, ids)),
+      torch.tensor(images), torch.tensor(videos), torch.tensor(mask))
+  np.testing.assert_array_equal(multimodal.positions(config, ids, mask, images, videos),
+                                hf_positions.numpy())
+
+
+def test_placeholders_that_do_not_match_the_grids_are_named(hf_vlm):
+  from zppo_jax.models import qwen3_5
+  from zppo_jax.models.qwen3_5 import multimodal
+  config = qwen3_5.load_config(hf_vlm[1])
+  ids, mask, _, images, _, videos = _vlm_batch()
+  with pytest.raises(ValueError, match=r"row 0: a run of 6 image placeholder tokens, but its "
+                                       r"grid \(1, 2, 2\)"):
+    multimodal.positions(config, ids, mask, images[::-1], videos)
+  with pytest.raises(ValueError, match="more image grids than runs"):
+    multimodal.positions(config, ids, mask, images + [(1, 2, 2)], videos)

@@ -25,6 +25,74 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """The `vision_config` of a Qwen3.5 config.json (hashable: a jit static argument)."""
+  depth: int
+  hidden_size: int
+  intermediate_size: int
+  num_heads: int
+  out_hidden_size: int
+  num_position_embeddings: int
+  in_channels: int = 3
+  patch_size: int = 16
+  temporal_patch_size: int = 2
+  spatial_merge_size: int = 2
+  rope_theta: float = 10000.0
+  hidden_act: str = "gelu_pytorch_tanh"
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Pixels per patch, in the order (channel, time, row, column) of `pixel_values` rows."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+  @property
+  def grid_side(self) -> int:
+    return int(round(self.num_position_embeddings ** 0.5))
+
+  @property
+  def layer_types(self) -> tuple[str, ...]:
+    return ("vision",) * self.depth  # one stack of blocks (vision.VISION)
+
+  @property
+  def merged_size(self) -> int:
+    return self.hidden_size * self.spatial_merge_size ** 2
+
+
+VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
+
+
+def vision_from_hf_dict(fields: dict, source: str = "vision_config") -> VisionConfig:
+  """A VisionConfig from the `vision_config` dict of a config.json; errors name the field."""
+  names = {f.name for f in dataclasses.fields(VisionConfig)} - {"rope_theta"}
+  kwargs = {k: fields[k] for k in names if k in fields}
+  missing = [f.name for f in dataclasses.fields(VisionConfig)
+             if f.default is dataclasses.MISSING and f.name not in kwargs]
+  if missing:
+    raise ConfigError(f"{source}: missing field(s) {missing}")
+  for key in ("patch_size", "temporal_patch_size"):
+    if isinstance(kwargs.get(key), (list, tuple)):
+      if len(set(kwargs[key])) != 1:
+        raise ConfigError(f"{source}.{key}={kwargs[key]}: only square patches are supported")
+      kwargs[key] = kwargs[key][0]
+  rope = fields.get("rope_parameters") or {}
+  if rope.get("rope_type", "axial") != "axial":
+    raise ConfigError(f"{source}.rope_parameters.rope_type={rope['rope_type']!r}: only axial")
+  config = VisionConfig(**kwargs, rope_theta=float(rope.get("rope_theta", 10000.0)))
+  if config.hidden_act not in VISION_ACTIVATIONS:
+    raise ConfigError(f"{source}.hidden_act={config.hidden_act!r}: one of {VISION_ACTIVATIONS}")
+  if config.grid_side ** 2 != config.num_position_embeddings:
+    raise ConfigError(f"{source}.num_position_embeddings={config.num_position_embeddings} is "
+                     "not a square grid")
+  if config.hidden_size % config.num_heads or config.head_dim % 4:
+    raise ConfigError(f"{source}: hidden_size / num_heads must be a multiple of 4")
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
 class Qwen3_5Config:
   """Static shape and hyper-parameters of the text decoder (hashable: usable as a jit static arg)."""
 
@@ -51,6 +119,13 @@ class Qwen3_5Config:
   hidden_act: str = "silu"
   max_position_embeddings: int = 32768
   eos_token_id: tuple[int, ...] = ()
+  # Multimodal rotary positions: how many rotary frequencies follow each of (time, height,
+  # width), interleaved; text tokens have the same position on all three.
+  mrope_section: tuple[int, ...] = (11, 11, 10)
+  # The vision tower and its placeholder tokens (multimodal repositories; None / -1 else).
+  vision: VisionConfig | None = None
+  image_token_id: int = -1
+  video_token_id: int = -1
   # "qwen3_5_text" or "qwen3_5": which Hugging Face layout the checkpoint came in.
   layout: str = TEXT_MODEL_TYPE
   # The original config.json, as a JSON string, so a save reproduces fields this class ignores.
@@ -76,6 +151,8 @@ class Qwen3_5Config:
       raise ConfigError(f"hidden_act={self.hidden_act!r} is not supported (Qwen3.5 uses 'silu')")
     if self.layout not in (TEXT_MODEL_TYPE, MULTIMODAL_MODEL_TYPE):
       raise ConfigError(f"unknown layout {self.layout!r}")
+    if len(self.mrope_section) != 3:
+      raise ConfigError(f"mrope_section={list(self.mrope_section)} must have 3 entries (t, h, w)")
     if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
       raise ConfigError(
           f"partial_rotary_factor={self.partial_rotary_factor} gives rotary dim "
@@ -150,7 +227,13 @@ def from_hf_dict(hf: dict[str, Any], source: str = "config.json") -> Qwen3_5Conf
   eos = text.get("eos_token_id", hf.get("eos_token_id"))
   eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
   kwargs = {k: text.get(k, d) for k, d in _DEFAULTS.items()}
+  multimodal = {}
   try:
+    if model_type == MULTIMODAL_MODEL_TYPE and isinstance(hf.get("vision_config"), dict):
+      multimodal = dict(vision=vision_from_hf_dict(hf["vision_config"],
+                                                   f"{source}: vision_config"),
+                        image_token_id=int(hf.get("image_token_id", -1)),
+                        video_token_id=int(hf.get("video_token_id", -1)))
     return Qwen3_5Config(
         **{k: text[k] for k in _REQUIRED},
         **kwargs,
@@ -159,6 +242,8 @@ def from_hf_dict(hf: dict[str, Any], source: str = "config.json") -> Qwen3_5Conf
         rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 10_000.0))),
         partial_rotary_factor=float(
             rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))),
+        mrope_section=tuple(int(s) for s in rope.get("mrope_section", (11, 11, 10))),
+        **multimodal,
         tie_word_embeddings=bool(tie),
         eos_token_id=eos,
         layout=model_type,

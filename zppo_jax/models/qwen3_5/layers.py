@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zppo_jax.models.qwen3_5 import gated_delta
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
@@ -45,13 +46,29 @@ def mlp(p, x):
 
 
 def rope(positions, config: Qwen3_5Config, dtype):
-  """cos, sin [B, T, rotary_dim] for integer positions [B, T] (text-only: the three M-RoPE
-  sections share one position, so M-RoPE reduces to plain RoPE on the rotary dims)."""
+  """cos, sin [B, T, rotary_dim] for integer positions [B, T] (text only: the three M-RoPE
+  sections share one position, so M-RoPE reduces to plain RoPE on the rotary dims), or
+  [3, B, T] (time, height, width: images and video), whose frequencies interleave as
+  `config.mrope_section` says (`mrope_axes`)."""
   dim = config.rotary_dim
   inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  if positions.ndim == 3:  # [3, B, T, F] -> [B, T, F]: frequency j follows axis mrope_axes[j]
+    axes_F = jnp.asarray(mrope_axes(config))
+    freqs = jnp.take_along_axis(jnp.moveaxis(freqs, 0, -1), axes_F[None, None, :, None],
+                                axis=-1)[..., 0]
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def mrope_axes(config: Qwen3_5Config) -> np.ndarray:
+  """[rotary_dim / 2] int: which position (0 time, 1 height, 2 width) each rotary frequency
+  turns with: height every third from 1 and width every third from 2, for the first
+  3 * mrope_section[1 or 2] frequencies; time for the rest."""
+  axes = np.zeros(config.rotary_dim // 2, np.int32)
+  for axis in (1, 2):
+    axes[axis:3 * config.mrope_section[axis]:3] = axis
+  return axes
 
 
 def _apply_rope(x, cos, sin):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from zppo_jax.models.qwen3_5 import layers
+from zppo_jax.models.qwen3_5 import layers, multimodal
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 from zppo_jax.models.qwen3_5.params import FULL, LINEAR
 
@@ -90,7 +90,7 @@ REMAT_POLICIES = {
 
 
 def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None, cache=None, *,
-                  chunk_size: int = 64, remat: str = "none"):
+                  chunk_size: int = 64, remat: str = "none", embeddings=None, positions=None):
   """Final-norm hidden states [B, T, D] (and the new cache when one is given).
 
   Args:
@@ -100,16 +100,26 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
     cache: a `Cache` to continue from, or None for a fresh sequence with no cache kept.
     chunk_size: chunk length of the chunked delta rule.
     remat: a `REMAT_POLICIES` name: what each layer block keeps for the backward pass.
+    embeddings: [B, T, D] input embeddings instead of the tokens' (images and video placed
+      in them: `multimodal.embed`).
+    positions: [3, B, T] multimodal rotary positions (`multimodal.positions`) instead of
+      the text positions; a cache then continues after the largest.
   """
   c = config
   batch, length = input_ids.shape
   mask = (jnp.ones((batch, length), bool) if attention_mask is None
           else attention_mask.astype(bool))
   dtype = params["embed"].dtype
-  h = jnp.take(params["embed"], input_ids, axis=0)
+  h = jnp.take(params["embed"], input_ids, axis=0) if embeddings is None else embeddings
 
   start = jnp.zeros((batch,), jnp.int32) if cache is None else cache.position
-  positions = start[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  if positions is None:
+    positions = start[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    next_position = start + jnp.sum(mask, axis=1, dtype=jnp.int32)
+  else:
+    positions = start[None, :, None] + positions
+    next_position = jnp.max(jnp.where(mask, positions.max(axis=0), start[:, None] - 1),
+                            axis=1).astype(jnp.int32) + 1
   cos, sin = layers.rope(positions, c, dtype)
   if cache is None:
     slots = jnp.arange(length)
@@ -193,8 +203,7 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   new_cache = Cache(
       conv=written.get("conv", cache.conv), recurrent=written.get("recurrent", cache.recurrent),
       keys=store("keys", cache.keys), values=store("values", cache.values),
-      valid=valid, index=cache.index + length,
-      position=cache.position + jnp.sum(mask, axis=1, dtype=jnp.int32))
+      valid=valid, index=cache.index + length, position=next_position)
   return h, new_cache
 
 
@@ -206,10 +215,20 @@ def logits_from_hidden(config: Qwen3_5Config, params, h):
 
 
 def forward(config: Qwen3_5Config, params, input_ids, attention_mask=None, *,
-            chunk_size: int = 64, remat: str = "none"):
-  """Logits [B, T, vocab] for whole sequences (no cache)."""
+            pixel_values=None, image_grid_thw=None, pixel_values_videos=None,
+            video_grid_thw=None, chunk_size: int = 64, remat: str = "none"):
+  """Logits [B, T, vocab] for whole sequences (no cache). With images or videos (packed
+  patches and their (t, h, w) grids, as the processor gives them; placeholder tokens in
+  `input_ids` mark where their tokens go), the vision tower's tokens replace the
+  placeholders and the rotary positions are multimodal (`multimodal.py`)."""
+  embeddings = positions = None
+  if pixel_values is not None or pixel_values_videos is not None:
+    embeddings = multimodal.embed(config, params, input_ids, pixel_values, image_grid_thw,
+                                  pixel_values_videos, video_grid_thw)
+    positions = jnp.asarray(multimodal.positions(config, input_ids, attention_mask,
+                                                 image_grid_thw, video_grid_thw))
   h = hidden_states(config, params, input_ids, attention_mask, chunk_size=chunk_size,
-                    remat=remat)
+                    remat=remat, embeddings=embeddings, positions=positions)
   return logits_from_hidden(config, params, h)
 
 

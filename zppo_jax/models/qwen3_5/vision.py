@@ -12,7 +12,6 @@ the position grid) depends only on `grid_thw`, so it is computed once on the hos
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -20,77 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from zppo_jax.models.qwen3_5.config import VisionConfig
 from zppo_jax.models.qwen3_5.params import ParamSpec
 
 VISION = "vision"   # the stack (layer type) of the vision blocks
-
-
-@dataclasses.dataclass(frozen=True)
-class VisionConfig:
-  """The `vision_config` of a Qwen3.5 config.json (hashable: a jit static argument)."""
-  depth: int
-  hidden_size: int
-  intermediate_size: int
-  num_heads: int
-  out_hidden_size: int
-  num_position_embeddings: int
-  in_channels: int = 3
-  patch_size: int = 16
-  temporal_patch_size: int = 2
-  spatial_merge_size: int = 2
-  rope_theta: float = 10000.0
-  hidden_act: str = "gelu_pytorch_tanh"
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
-
-  @property
-  def patch_dim(self) -> int:
-    """Pixels per patch, in the order (channel, time, row, column) of `pixel_values` rows."""
-    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
-
-  @property
-  def grid_side(self) -> int:
-    return int(round(self.num_position_embeddings ** 0.5))
-
-  @property
-  def layer_types(self) -> tuple[str, ...]:
-    return (VISION,) * self.depth
-
-  @property
-  def merged_size(self) -> int:
-    return self.hidden_size * self.spatial_merge_size ** 2
-
-
-ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
-
-
-def config_from_hf(fields: dict, source: str = "vision_config") -> VisionConfig:
-  """A VisionConfig from the `vision_config` dict of a config.json; errors name the field."""
-  names = {f.name for f in dataclasses.fields(VisionConfig)} - {"rope_theta"}
-  kwargs = {k: fields[k] for k in names if k in fields}
-  missing = [f.name for f in dataclasses.fields(VisionConfig)
-             if f.default is dataclasses.MISSING and f.name not in kwargs]
-  if missing:
-    raise ValueError(f"{source}: missing field(s) {missing}")
-  for key in ("patch_size", "temporal_patch_size"):
-    if isinstance(kwargs.get(key), (list, tuple)):
-      if len(set(kwargs[key])) != 1:
-        raise ValueError(f"{source}.{key}={kwargs[key]}: only square patches are supported")
-      kwargs[key] = kwargs[key][0]
-  rope = fields.get("rope_parameters") or {}
-  if rope.get("rope_type", "axial") != "axial":
-    raise ValueError(f"{source}.rope_parameters.rope_type={rope['rope_type']!r}: only axial")
-  config = VisionConfig(**kwargs, rope_theta=float(rope.get("rope_theta", 10000.0)))
-  if config.hidden_act not in ACTIVATIONS:
-    raise ValueError(f"{source}.hidden_act={config.hidden_act!r}: one of {ACTIVATIONS}")
-  if config.grid_side ** 2 != config.num_position_embeddings:
-    raise ValueError(f"{source}.num_position_embeddings={config.num_position_embeddings} is "
-                     "not a square grid")
-  if config.hidden_size % config.num_heads or config.head_dim % 4:
-    raise ValueError(f"{source}: hidden_size / num_heads must be a multiple of 4")
-  return config
 
 
 # ------------------------------------------------------------------------------ parameters

@@ -1,0 +1,108 @@
+"""Images and video in the text model's input, as `transformers`' Qwen3_5Model places them:
+the vision tower's tokens take the places of the image / video placeholder tokens, and the
+rotary positions become three (time, height, width) per token.
+
+Which tokens are vision tokens follows from the placeholder ids alone (`token_types`); each
+maximal run of one image's placeholders takes the next image's grid, and a video's frames
+(`<t> <vision_start> frame <vision_end>` each, timestamps between them) take one
+(1, h, w) grid each. A run of text continues one past the largest position before it; an
+image's tokens sit at (start, start + row, start + column) and advance the position by
+max(rows, columns). All of it depends only on the token ids and the grids, so it is
+computed on the host.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from zppo_jax.models.qwen3_5 import vision
+from zppo_jax.models.qwen3_5.config import Qwen3_5Config
+
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+def token_types(config: Qwen3_5Config, input_ids) -> np.ndarray:
+  """[B, T] int: TEXT, IMAGE or VIDEO per token, from the placeholder ids."""
+  ids = np.asarray(input_ids)
+  return np.where(ids == config.image_token_id, IMAGE,
+                  np.where(ids == config.video_token_id, VIDEO, TEXT)).astype(np.int32)
+
+
+def _frames(video_grid_thw) -> list[tuple[int, int, int]]:
+  """A video's (t, h, w) grid as t grids of one frame each: timestamps separate them."""
+  return [(1, int(h), int(w)) for t, h, w in np.asarray(video_grid_thw).reshape(-1, 3)
+          for _ in range(int(t))]
+
+
+def positions(config: Qwen3_5Config, input_ids, attention_mask=None,
+              image_grid_thw: Sequence | None = None, video_grid_thw: Sequence | None = None
+              ) -> np.ndarray:
+  """[3, B, T] int32 rotary positions of every token (padding: 0), images taking their
+  grids in order across the batch; a run of placeholders that does not match its grid's
+  token count is an error naming the row."""
+  if config.vision is None:
+    raise ValueError("this checkpoint has no vision tower (config.json without vision_config)")
+  types = token_types(config, input_ids)
+  batch, length = types.shape
+  mask = (np.ones((batch, length), bool) if attention_mask is None
+          else np.asarray(attention_mask).astype(bool))
+  merge = config.vision.spatial_merge_size
+  grids = {IMAGE: iter([tuple(int(x) for x in g)
+                        for g in np.asarray(image_grid_thw).reshape(-1, 3)]
+                       if image_grid_thw is not None else []),
+           VIDEO: iter(_frames(video_grid_thw) if video_grid_thw is not None else [])}
+  out = np.zeros((3, batch, length), np.int32)
+  for row in range(batch):
+    kept = np.flatnonzero(mask[row])
+    pieces, current = [], 0
+    for kind, run in itertools.groupby(types[row, kept]):
+      count = len(list(run))
+      if kind == TEXT:
+        pieces.append(np.broadcast_to(np.arange(current, current + count), (3, count)))
+        current += count
+        continue
+      grid = next(grids[kind], None)
+      name = "image" if kind == IMAGE else "video frame"
+      if grid is None:
+        raise ValueError(f"row {row}: more {name} placeholders than {name} grids")
+      t, h, w = grid[0], grid[1] // merge, grid[2] // merge
+      if t * h * w != count:
+        raise ValueError(f"row {row}: a run of {count} {name} placeholder tokens, but its grid "
+                         f"{grid} makes {t * h * w} tokens")
+      tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+      pieces.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + current)
+      current += max(h, w)
+    if pieces:
+      out[:, row, kept] = np.concatenate(pieces, axis=1)
+  for kind, name in ((IMAGE, "image"), (VIDEO, "video frame")):
+    if next(grids[kind], None) is not None:
+      raise ValueError(f"more {name} grids than runs of {name} placeholders in input_ids")
+  return out
+
+
+def embed(config: Qwen3_5Config, params, input_ids, pixel_values=None, image_grid_thw=None,
+          pixel_values_videos=None, video_grid_thw=None):
+  """[B, T, D] input embeddings: the tokens', with each image / video placeholder replaced
+  by the next vision token (`params["visual"]`, the tower's params), in reading order."""
+  ids = np.asarray(input_ids)
+  h = jnp.take(params["embed"], jnp.asarray(ids), axis=0)
+  for token, pixels, grids, name in ((config.image_token_id, pixel_values, image_grid_thw,
+                                      "image"),
+                                     (config.video_token_id, pixel_values_videos,
+                                      video_grid_thw, "video")):
+    if pixels is None:
+      continue
+    if "visual" not in params:
+      raise ValueError(f"{name} inputs, but the params hold no vision tower ('visual')")
+    tokens = vision.encode(config.vision, params["visual"], pixels,
+                           np.asarray(grids).reshape(-1, 3).tolist())
+    rows, cols = np.nonzero(ids == token)
+    if len(rows) != tokens.shape[0]:
+      raise ValueError(f"{len(rows)} {name} placeholder tokens in input_ids, but the {name} "
+                       f"grids make {tokens.shape[0]}")
+    h = h.at[rows, cols].set(tokens.astype(h.dtype))
+  return h
