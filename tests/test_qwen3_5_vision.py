@@ -116,14 +116,11 @@ def _vlm_batch():
 
 
 def test_image_and_video_prompts_match_transformers(hf_vlm):
-  import safetensors.numpy
   from zppo_jax.models import qwen3_5
   from zppo_jax.models.qwen3_5 import multimodal
   model, path = hf_vlm
-  config, params = qwen3_5.load_hf_checkpoint(path)
+  config, params = qwen3_5.load_hf_checkpoint(path, vision=True)
   assert config.vision is not None and config.image_token_id == IMAGE
-  state = safetensors.numpy.load_file(f"{path}/model.safetensors")
-  params["visual"] = vision.from_hf(config.vision, lambda name: state["model.visual." + name])
   ids, mask, pixels, images, frames, videos = _vlm_batch()
   with torch.no_grad():
     want = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -155,3 +152,34 @@ def test_placeholders_that_do_not_match_the_grids_are_named(hf_vlm):
     multimodal.positions(config, ids, mask, images[::-1], videos)
   with pytest.raises(ValueError, match="more image grids than runs"):
     multimodal.positions(config, ids, mask, images + [(1, 2, 2)], videos)
+
+
+def test_the_tower_loads_sharded_and_exports_with_the_model(hf_vlm, tmp_path):
+  """`vision=True` places the tower on a mesh by the logical-axis rules and reads the same
+  numbers as `from_hf`; an export writes the params' tower (here changed), which
+  transformers then loads as the whole VLM."""
+  import jax
+  import safetensors.numpy
+  import transformers
+  from zppo_jax import sharding
+  from zppo_jax.models import qwen3_5
+  model, path = hf_vlm
+  mesh = sharding.make_mesh((1, 4, 2), devices=jax.devices()[:8])
+  config, params = qwen3_5.load_hf_checkpoint(path, mesh=mesh, vision=True)
+  state = safetensors.numpy.load_file(f"{path}/model.safetensors")
+  want = vision.from_hf(config.vision, lambda name: state["model.visual." + name])
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params["visual"],
+               want)
+  fc1 = params["visual"]["blocks"]["fc1"]["kernel"]  # [layers, embed, mlp]
+  assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  changed = dict(params, visual=jax.tree.map(lambda x: x * 1.1, params["visual"]))
+  out = qwen3_5.save_hf_checkpoint(str(tmp_path / "vlm"), config, changed, source=path)
+  reloaded = transformers.Qwen3_5ForConditionalGeneration.from_pretrained(out).eval()
+  for name, p in model.state_dict().items():
+    if name.startswith("model.visual."):
+      torch.testing.assert_close(reloaded.state_dict()[name], p * 1.1, atol=1e-5, rtol=1e-5,
+                                 msg=name)
+  text_only = qwen3_5.save_hf_checkpoint(str(tmp_path / "text"), config,
+                                         {k: v for k, v in params.items() if k != "visual"})
+  with pytest.raises(qwen3_5.CheckpointError, match="no vision_config"):
+    qwen3_5.load_hf_checkpoint(text_only, vision=True)

@@ -27,9 +27,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from zppo_jax.models.qwen3_5 import config as config_lib
+from zppo_jax.models.qwen3_5 import params as param_tables
+from zppo_jax.models.qwen3_5 import vision as vision_lib
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 from zppo_jax.models.qwen3_5.params import ParamSpec, param_specs
-from zppo_jax.models.qwen3_5.params import shardings as param_shardings
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -37,7 +38,8 @@ TEXT_PREFIXES = {config_lib.TEXT_MODEL_TYPE: "model.",
                  config_lib.MULTIMODAL_MODEL_TYPE: "model.language_model."}
 # Tensors of a Qwen3.5 repository that the text model does not use (vision tower,
 # multi-token-prediction head): skipped on load, carried over on save when a source is given.
-NON_TEXT_PREFIXES = ("model.visual.", "mtp.")
+VISION_PREFIX = "model.visual."
+NON_TEXT_PREFIXES = (VISION_PREFIX, "mtp.")
 
 
 class CheckpointError(ValueError):
@@ -82,9 +84,12 @@ def _open_all(files):
     yield {file: stack.enter_context(_safe_open(file, "flax")) for file in sorted(set(files))}
 
 
-def _expected(config: Qwen3_5Config, prefix: str) -> dict[str, tuple[ParamSpec, int | None]]:
+def _expected(config: Qwen3_5Config, prefix: str, specs=None
+              ) -> dict[str, tuple[ParamSpec, int | None]]:
+  """HF key -> (spec, layer index) of a parameter table (the text model's, or another's
+  whose `config` holds its layer_types)."""
   out = {}
-  for spec in param_specs(config):
+  for spec in param_specs(config) if specs is None else specs:
     full = spec.hf_name if spec.path == ("lm_head",) else prefix + spec.hf_name
     if spec.layer_type is None:
       out[full] = (spec, None)
@@ -95,9 +100,10 @@ def _expected(config: Qwen3_5Config, prefix: str) -> dict[str, tuple[ParamSpec, 
 
 
 def _check(path, config, expected, files, handles):
+  loaded = tuple(p for p in NON_TEXT_PREFIXES if any(k.startswith(p) for k in expected))
   missing = sorted(set(expected) - set(files))
   extra = sorted(k for k in set(files) - set(expected)
-                 if not k.startswith(NON_TEXT_PREFIXES)
+                 if not k.startswith(tuple(set(NON_TEXT_PREFIXES) - set(loaded)))
                  and not (k == "lm_head.weight" and config.tie_word_embeddings))
   problems = []
   if missing:
@@ -107,6 +113,8 @@ def _check(path, config, expected, files, handles):
   for key in sorted(set(expected) & set(files)):
     found = tuple(handles[files[key]].get_slice(key).get_shape())
     want = expected[key][0].hf_shape()
+    if expected[key][0].hf_layout == "conv3d":  # compared as [D, C·T·P·P]
+      found = (found[0], int(np.prod(found[1:]))) if found else found
     if found != want:
       problems.append(f"{key}: shape {found} in {os.path.basename(files[key])}, "
                       f"config.json implies {want}")
@@ -121,14 +129,18 @@ def _read(handle, key: str, spec: ParamSpec, index: tuple[slice, ...], dtype) ->
     block = tensor[index[1], index[0]].T
   elif spec.hf_layout == "conv":
     block = tensor[index[1], 0:1, index[0]][:, 0, :].T
+  elif spec.hf_layout == "conv3d":  # [D, C, T, P, P] -> [C·T·P·P, D] (a small kernel: read whole)
+    whole = np.asarray(tensor[:])
+    block = whole.reshape(whole.shape[0], -1).T[index]
   else:
     block = tensor[index]
   return np.asarray(block).astype(dtype)
 
 
 def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
-                       rules=None) -> tuple[Qwen3_5Config, dict]:
-  """Loads a Qwen3.5 text model from a Hugging Face checkpoint directory.
+                       rules=None, *, vision: bool = False) -> tuple[Qwen3_5Config, dict]:
+  """Loads a Qwen3.5 text model (and with `vision`, its vision tower as params["visual"])
+  from a Hugging Face checkpoint directory.
 
   Args:
     path: directory with config.json and model.safetensors or sharded safetensors plus
@@ -137,6 +149,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
     dtype: parameter dtype (e.g. jnp.float32, jnp.bfloat16).
     mesh: optional `jax.sharding.Mesh`; each array is created directly with its sharding from
       the logical-axis `rules`, each host reading only its own shards.
+    vision: also load `model.visual.*` (multimodal repositories), sharded by the same rules.
   Returns:
     (config, params), params a nested dict of jax.Arrays.
   """
@@ -147,36 +160,51 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
   prefix = TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE] if any(
       k.startswith(TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE]) for k in files
   ) else TEXT_PREFIXES[config_lib.TEXT_MODEL_TYPE]
-  expected = _expected(config, prefix)
+  tables = [(param_specs(config), config, _expected(config, prefix), ())]
+  if vision:
+    if config.vision is None:
+      raise CheckpointError(f"{path}: vision=True, but its config.json has no vision_config")
+    specs = vision_lib.param_specs(config.vision)
+    tables.append((specs, config.vision, _expected(config.vision, VISION_PREFIX, specs),
+                   ("visual",)))
   np_dtype = np.dtype(dtype)
+  with _open_all(files.values()) as handles, _on_host():
+    _check(path, config, {k: v for _, _, e, _ in tables for k, v in e.items()}, files, handles)
+    flat = {}
+    for specs, table_config, expected, root in tables:
+      targets = None if mesh is None else traverse_util.flatten_dict(
+          param_tables.table_shardings(specs, table_config, mesh, rules))
+      arrays = _arrays(specs, table_config, expected, files, handles, targets, np_dtype)
+      flat.update({root + name: array for name, array in arrays.items()})
+  return config, traverse_util.unflatten_dict(flat)
+
+
+def _arrays(specs, config, expected, files, handles, targets, np_dtype) -> dict:
+  """path -> jax.Array of each spec, each device's block read lazily from the safetensors."""
   by_spec: dict[tuple[str, ...], dict[int | None, str]] = {}
   for key, (spec, layer) in expected.items():
     by_spec.setdefault(spec.path, {})[layer] = key
-  with _open_all(files.values()) as handles, _on_host():
-    _check(path, config, expected, files, handles)
-    flat = {}
-    targets = None if mesh is None else traverse_util.flatten_dict(
-        param_shardings(config, mesh, rules))
-    for spec in param_specs(config):
-      shape = spec.stacked_shape(config)
-      target = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
-                else targets[spec.path])
-      keys = by_spec.get(spec.path, {})
+  flat = {}
+  for spec in specs:
+    shape = spec.stacked_shape(config)
+    target = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if targets is None
+              else targets[spec.path])
+    keys = by_spec.get(spec.path, {})
 
-      def callback(index, spec=spec, keys=keys, shape=shape):
-        index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-        if spec.layer_type is None:
-          key = keys[None]
-          return _read(handles[files[key]], key, spec, index, np_dtype)
-        blocks = [_read(handles[files[keys[i]]], keys[i], spec, index[1:], np_dtype)
-                  for i in spec.layer_indices(config)[index[0]]]
-        if not blocks:  # no layer of this type in the model
-          return np.zeros((0,) + tuple(len(range(*s.indices(n)))
-                                       for s, n in zip(index[1:], spec.shape)), np_dtype)
-        return np.stack(blocks)
+    def callback(index, spec=spec, keys=keys, shape=shape):
+      index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+      if spec.layer_type is None:
+        key = keys[None]
+        return _read(handles[files[key]], key, spec, index, np_dtype)
+      blocks = [_read(handles[files[keys[i]]], keys[i], spec, index[1:], np_dtype)
+                for i in spec.layer_indices(config)[index[0]]]
+      if not blocks:  # no layer of this type in the model
+        return np.zeros((0,) + tuple(len(range(*s.indices(n)))
+                                     for s, n in zip(index[1:], spec.shape)), np_dtype)
+      return np.stack(blocks)
 
-      flat[spec.path] = jax.make_array_from_callback(shape, target, callback)
-  return config, traverse_util.unflatten_dict(flat)
+    flat[spec.path] = jax.make_array_from_callback(shape, target, callback)
+  return flat
 
 
 def _on_host():
@@ -215,12 +243,32 @@ def _hf_tensors(config: Qwen3_5Config, params, prefix: str):
       yield key, np.ascontiguousarray(array)
 
 
-def _extra_tensors(source: str):
-  """Yields the non-text tensors (vision tower, MTP head) of a source checkpoint."""
+def _vision_tensors(config: Qwen3_5Config, params):
+  """Yields (model.visual.<name>, array in HF orientation) of params["visual"]."""
+  vision = config.vision
+  flat = traverse_util.flatten_dict(params["visual"])
+  for spec in vision_lib.param_specs(vision):
+    value = flat[spec.path]
+    items = ([(spec.hf_name, value)] if spec.layer_type is None else
+             [(spec.hf_name.format(i=i), value[i]) for i in range(vision.depth)])
+    for name, array in items:
+      array = _to_host(array)
+      if spec.hf_layout == "linear":
+        array = array.T
+      elif spec.hf_layout == "conv3d":
+        array = array.T.reshape(vision.hidden_size, vision.in_channels,
+                                vision.temporal_patch_size, vision.patch_size,
+                                vision.patch_size)
+      yield VISION_PREFIX + name, np.ascontiguousarray(array)
+
+
+def _extra_tensors(source: str, skip: tuple[str, ...] = ()):
+  """Yields the non-text tensors (vision tower, MTP head) of a source checkpoint, but those
+  under the `skip` prefixes."""
   files = _tensor_files(source)
   with _open_all(files.values()) as handles:
     for key in sorted(files):
-      if key.startswith(NON_TEXT_PREFIXES):
+      if key.startswith(NON_TEXT_PREFIXES) and not (skip and key.startswith(skip)):
         yield key, np.asarray(handles[files[key]].get_tensor(key))
 
 
@@ -234,27 +282,34 @@ def save_hf_checkpoint(path: str, config: Qwen3_5Config, params, *, source: str 
       export never destroys a workdir or a folder of other files.
     source: the checkpoint the model was loaded from. Its tokenizer/generation files and,
       for the multimodal layout, its vision and MTP tensors are copied, so the result is a
-      complete repository. Without it a multimodal config is saved as the text-only
-      `Qwen3_5ForCausalLM` layout (a vision tower cannot be made up).
+      complete repository. A vision tower in `params["visual"]` (trained or not) is written
+      from the params instead. Without a source or a tower a multimodal config is saved as
+      the text-only `Qwen3_5ForCausalLM` layout (a vision tower cannot be made up).
     max_shard_bytes: safetensors files are split at this size, with an index.
   Returns:
     path.
   """
   _check_export_target(path, source)
-  if config.layout == config_lib.MULTIMODAL_MODEL_TYPE and source is None:
+  with_vision = "visual" in params
+  if with_vision and config.layout != config_lib.MULTIMODAL_MODEL_TYPE:
+    raise CheckpointError("params hold a vision tower, but the config is text-only")
+  if config.layout == config_lib.MULTIMODAL_MODEL_TYPE and source is None and not with_vision:
     logging.warning("no source checkpoint given: saving %s in the text-only qwen3_5_text "
                     "layout (the vision tower is not part of these params)", path)
     config = config.replace(layout=config_lib.TEXT_MODEL_TYPE)
   prefix = TEXT_PREFIXES[config.layout]
-  dtype = jax.tree.leaves(params)[0].dtype
+  dtype = params["embed"].dtype
   hf_config = config_lib.to_hf_dict(config)
   hf_config["dtype"] = jnp.dtype(dtype).name
   if "text_config" in hf_config:
     hf_config["text_config"]["dtype"] = jnp.dtype(dtype).name
 
   tensors = _hf_tensors(config, params, prefix)
+  if with_vision:  # the params' tower, trained or not
+    tensors = itertools.chain(tensors, _vision_tensors(config, params))
   if source is not None and config.layout == config_lib.MULTIMODAL_MODEL_TYPE:
-    tensors = itertools.chain(tensors, _extra_tensors(source))
+    tensors = itertools.chain(tensors, _extra_tensors(
+        source, skip=(VISION_PREFIX,) if with_vision else ()))
   if jax.process_index() != 0:  # every process joins the gathers; one writes
     for _ in tensors:
       pass

@@ -30,7 +30,8 @@ class ParamSpec:
   shape: tuple[int, ...]         # per layer, without the stack axis
   axes: tuple[str, ...]          # logical axis names, one per dim of `shape`
   hf_name: str                   # Hugging Face key after the text prefix; "{i}" = layer index
-  hf_layout: str                 # "linear": HF stores [out, in]; "conv": HF [C, 1, K]; "same"
+  hf_layout: str                 # "linear": HF stores [out, in]; "conv": HF [C, 1, K];
+                                 # "conv3d": HF [D, C, T, P, P] (the vision patches); "same"
   init: str                      # "normal", "zeros", "ones", "a_log", "conv"
   layer_type: str | None = None  # stacked over layers of this type, or a single array
 
@@ -47,6 +48,8 @@ class ParamSpec:
       return self.shape[::-1]
     if self.hf_layout == "conv":
       return (self.shape[1], 1, self.shape[0])
+    if self.hf_layout == "conv3d":  # [D, C, T, P, P], flattened to [D, C·T·P·P]
+      return (self.shape[1], self.shape[0])
     return self.shape
 
   def layer_indices(self, config: Qwen3_5Config) -> list[int]:
@@ -128,11 +131,16 @@ def logical_axes(config: Qwen3_5Config) -> dict:
 def shardings(config: Qwen3_5Config, mesh, rules=None) -> dict:
   """Pytree like params of the NamedSharding each parameter gets on `mesh`: what
   `load_hf_checkpoint` places and what jitted functions declare as their in_shardings."""
+  return table_shardings(param_specs(config), config, mesh, rules)
+
+
+def table_shardings(specs, config, mesh, rules=None) -> dict:
+  """`shardings` of any parameter table (`config` holds its layer_types)."""
   return traverse_util.unflatten_dict({
       s.path: jax.sharding.NamedSharding(
           mesh, sharding_lib.logical_to_spec(s.stacked_axes(), s.stacked_shape(config), mesh,
                                              rules))
-      for s in param_specs(config)})
+      for s in specs})
 
 
 def shapes(config: Qwen3_5Config, dtype=jnp.float32) -> dict:
