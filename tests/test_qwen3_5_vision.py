@@ -183,3 +183,30 @@ def test_the_tower_loads_sharded_and_exports_with_the_model(hf_vlm, tmp_path):
                                          {k: v for k, v in params.items() if k != "visual"})
   with pytest.raises(qwen3_5.CheckpointError, match="no vision_config"):
     qwen3_5.load_hf_checkpoint(text_only, vision=True)
+
+
+def test_sampler_answers_an_image_prompt_as_transformers_does(hf_vlm):
+  """Greedy tokens after a prompt with two images equal transformers' generate; beside it a
+  text-only prompt, and every sample of a prompt alike (the prefill is shared)."""
+  from zppo_jax.models import qwen3_5
+  from zppo_jax.models.qwen3_5 import multimodal
+  from zppo_jax.sampler import Sampler
+  model, path = hf_vlm
+  config, params = qwen3_5.load_hf_checkpoint(path, vision=True)
+  ids, mask, pixels, images, _, _ = _vlm_batch()
+  prompt = ids[0][mask[0] > 0]
+  with torch.no_grad():
+    want = model.generate(
+        input_ids=torch.tensor(prompt[None]), attention_mask=torch.ones(1, len(prompt)),
+        pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor(images),
+        mm_token_type_ids=torch.tensor(multimodal.token_types(config, prompt[None])),
+        max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+  text = [5, 6, 7, 8]
+  out = Sampler(config).generate(params, [prompt.tolist(), text], max_new_tokens=8,
+                                 temperature=0.0, num_samples=2,
+                                 images=[(pixels, images), None])
+  assert out.tokens[0] == out.tokens[1] == want.tolist()
+  with torch.no_grad():
+    want_text = model.generate(input_ids=torch.tensor([text]), max_new_tokens=8,
+                               do_sample=False, eos_token_id=None, pad_token_id=0)[0, 4:]
+  assert out.tokens[2] == want_text.tolist()

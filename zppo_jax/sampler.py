@@ -189,19 +189,24 @@ class Sampler:
 
   # -- programs ------------------------------------------------------------------------------
 
-  def _prefill_program(self, rows, prompt_slots, new_slots, num_samples, dtype):
-    key = ("prefill", rows, prompt_slots, new_slots, num_samples, jnp.dtype(dtype).name)
+  def _prefill_program(self, rows, prompt_slots, new_slots, num_samples, dtype,
+                       multimodal: bool = False):
+    key = ("prefill", rows, prompt_slots, new_slots, num_samples, jnp.dtype(dtype).name,
+           multimodal)
     if key in self._programs:
       return self._programs[key]
     c = self.config
     slots = prompt_slots + new_slots
 
-    def prefill(params, ids_BxT, mask_BxT):
-      """Left-padded prompts [B, T] -> (cache for N = B·n rows, next-token logits [N, V])."""
+    def prefill(params, ids_BxT, mask_BxT, embeddings_BxTxD=None, positions_3xBxT=None):
+      """Left-padded prompts [B, T] (with images: their input embeddings and multimodal
+      positions) -> (cache for N = B·n rows, next-token logits [N, V])."""
       self.compile_count += 1
       cache = self.model.init_cache(c, rows, slots, dtype)
       h_BxTxD, cache = self.model.hidden_states(c, params, ids_BxT, mask_BxT, cache,
-                                                chunk_size=self.chunk_size)
+                                                chunk_size=self.chunk_size,
+                                                embeddings=embeddings_BxTxD,
+                                                positions=positions_3xBxT)
       logits_BxV = self.model.logits_from_hidden(c, params, h_BxTxD[:, -1]).astype(jnp.float32)
       repeat = lambda axes, x: jnp.repeat(x, num_samples, axis=axes.index("batch")) if (
           "batch" in axes) else x
@@ -213,11 +218,13 @@ class Sampler:
       program = jax.jit(prefill)
     else:
       n = rows * num_samples
+      extra = (self._sharding(("batch", None, None), (rows, prompt_slots, c.hidden_size)),
+               self._sharding((None, "batch", None), (3, rows, prompt_slots))) if multimodal else ()
       program = jax.jit(
           prefill,
           in_shardings=(self._param_shardings,
                         self._sharding(("batch", None), (rows, prompt_slots)),
-                        self._sharding(("batch", None), (rows, prompt_slots))),
+                        self._sharding(("batch", None), (rows, prompt_slots))) + extra,
           out_shardings=(self._cache_shardings(n, slots, dtype),
                          self._sharding(("batch", "vocab"), (n, c.vocab_size))))
     self._programs[key] = program
@@ -312,7 +319,8 @@ class Sampler:
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                num_samples: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
-               rows: int = 0, prompt_slots: int = 0, new_slots: int = 0) -> Completions:
+               rows: int = 0, prompt_slots: int = 0, new_slots: int = 0,
+               images: Sequence | None = None) -> Completions:
     """Samples `num_samples` completions of each prompt (see `Completions`).
 
     temperature 0 means greedy. The same seed and inputs give the same completions, and a
@@ -320,6 +328,12 @@ class Sampler:
     or the padding. `rows`, `prompt_slots` and `new_slots` pad the call to a shape the
     caller fixed in advance (one compiled program for calls of varying size); a call they
     cannot hold takes its own buckets instead.
+
+    `images`: per prompt, None or (pixel_values [patches, patch_dim], grids [(t, h, w), ...])
+    of the images its placeholder tokens stand for, in order (`data.images`; the params hold
+    the vision tower). The tower runs once per prompt and the prefill (shared by the
+    `num_samples` samples) places its tokens; decoding continues after the multimodal
+    positions.
     """
     c = self.config
     _check_prompts(prompts, c.vocab_size)
@@ -353,8 +367,20 @@ class Sampler:
     prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype)
     decode = self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype, len(stops),
                                   top_k, top_p < 1.0, temperature == 0)
+    vision_inputs = ()
+    if images is not None and any(x is not None for x in images):
+      if len(images) != len(prompts):
+        raise ValueError(f"images has {len(images)} entries for {len(prompts)} prompts")
+      given = [x for x in images if x is not None]
+      pixels = np.concatenate([np.asarray(x[0], np.float32) for x in given])
+      grids = [tuple(g) for x in given for g in x[1]]
+      embeddings = self.model.multimodal_embeddings(c, params, ids, pixels, grids)
+      positions = self.model.multimodal_positions(c, ids, mask, grids)
+      vision_inputs = (self._put(np.asarray(embeddings), ("batch", None, None)),
+                       self._put(positions, (None, "batch", None)))
+      prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype, True)
     cache, logits = prefill(params, self._put(ids, ("batch", None)),
-                            self._put(mask, ("batch", None)))
+                            self._put(mask, ("batch", None)), *vision_inputs)
     out, _ = decode(params, cache, logits, self._put(live, ("batch",)), np.uint32(seed),
                  np.float32(temperature or 1.0), np.float32(top_p), np.int32(max_new_tokens),
                  stops)

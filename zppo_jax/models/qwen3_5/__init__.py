@@ -18,3 +18,5 @@ from zppo_jax.models.qwen3_5.params import logical_axes, param_specs
 from zppo_jax.models.qwen3_5.params import shapes as param_shapes
 from zppo_jax.models.qwen3_5.params import shardings as param_shardings
 from zppo_jax.models.qwen3_5 import presets
+from zppo_jax.models.qwen3_5.multimodal import embed as multimodal_embeddings
+from zppo_jax.models.qwen3_5.multimodal import positions as multimodal_positions

@@ -205,8 +205,11 @@ def activation(name: str):
   return lambda x: jax.nn.gelu(x, approximate=name == "gelu_pytorch_tanh")
 
 
+_forward = jax.jit(forward, static_argnums=0)  # one program per model and patch count
+
+
 def encode(config: VisionConfig, params, pixel_values, grid_thw) -> jax.Array:
-  """`forward` with the layout of `grid_thw` computed here: the one-call form."""
+  """`forward` (jitted) with the layout of `grid_thw` computed here: the one-call form."""
   meta = layout(config, grid_thw)
-  return forward(config, params, jnp.asarray(pixel_values), **{k: jnp.asarray(v)
-                                                               for k, v in meta.items()})
+  return _forward(config, params, jnp.asarray(pixel_values), **{k: jnp.asarray(v)
+                                                                for k, v in meta.items()})
