@@ -210,3 +210,37 @@ def test_sampler_answers_an_image_prompt_as_transformers_does(hf_vlm):
     want_text = model.generate(input_ids=torch.tensor([text]), max_new_tokens=8,
                                do_sample=False, eos_token_id=None, pad_token_id=0)[0, 4:]
   assert out.tokens[2] == want_text.tolist()
+
+
+def test_train_step_scores_rows_after_image_prompts(hf_vlm):
+  """A batch carrying the frozen tower's tokens and the multimodal positions scores each
+  token as the image forward pass does; the gradient reaches the language model (the
+  tower's output is an input, so the tower stays frozen)."""
+  import jax
+  import jax.numpy as jnp
+  from zppo_jax import logprobs, run_config
+  from zppo_jax import train_step as ts
+  from zppo_jax.models import qwen3_5
+  from zppo_jax.models.qwen3_5 import multimodal
+  _, path = hf_vlm
+  config, params = qwen3_5.load_hf_checkpoint(path, vision=True)
+  ids, mask, pixels, images, frames, videos = _vlm_batch()
+  logits = qwen3_5.forward(config, params, ids, mask, pixel_values=pixels, image_grid_thw=images,
+                           pixel_values_videos=frames, video_grid_thw=videos)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  want = np.take_along_axis(np.asarray(logp[:, :-1]), ids[:, 1:, None], -1)[..., 0]
+  vision_tokens = multimodal.vision_tokens(config, params, ids, pixels, images, frames, videos)
+  positions = np.moveaxis(multimodal.positions(config, ids, mask, images, videos), 0, -1)
+  text = {k: v for k, v in params.items() if k != "visual"}
+  batch = {"tokens": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask),
+           "vision_tokens": vision_tokens, "positions": jnp.asarray(positions)}
+  cfg = run_config.train_config()
+  cfg.compute_dtype = "float32"
+  got = ts.score(text, batch, model_config=config, cfg=cfg)["logprobs"]
+  real = mask[:, 1:].astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[:, 1:][real], want[real], atol=1e-4, rtol=0)
+  grads = jax.grad(lambda p: jnp.sum(logprobs.token_scores(
+      config, p, batch["tokens"], batch["attention_mask"], vision_tokens=vision_tokens,
+      positions=batch["positions"])["logprobs"]))(text)
+  assert float(jnp.abs(grads["embed"]).sum()) > 0
+  assert float(jnp.abs(grads["full"]["q_proj"]).sum()) > 0

@@ -31,7 +31,7 @@ def _chunk_scores(config, params, h, targets, topk_ids, with_entropy):
 
 def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int = 256,
                  topk_ids=None, with_entropy: bool = True, delta_chunk_size: int = 64,
-                 remat: str = "none"):
+                 remat: str = "none", vision_tokens=None, positions=None):
   """Log-probs of each token given the ones before it.
 
   Args:
@@ -39,12 +39,18 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
     chunk_size: sequence positions per head chunk (memory ~ B * chunk_size * vocab * 4).
     topk_ids: optional [B, T, K] ids whose log-probs are also wanted (teacher top-k).
     delta_chunk_size, remat: passed to the model (`hidden_states`).
+    vision_tokens: [B, T, D] image / video tokens at their placeholders (prompts with
+      images; `multimodal.vision_tokens`), with `positions` [B, T, 3] their rotary positions.
   Returns:
     {"logprobs": [B, T], "entropy": [B, T] (if asked), "topk_logprobs": [B, T, K] (if
     topk_ids)}, entry t scoring token t; position 0 (no context) is 0.
   """
-  h = models.of(config).hidden_states(config, params, tokens, attention_mask,
-                            chunk_size=delta_chunk_size, remat=remat)
+  model = models.of(config)
+  embeddings = (None if vision_tokens is None else
+                model.multimodal_place(config, params, tokens, vision_tokens))
+  h = model.hidden_states(config, params, tokens, attention_mask, chunk_size=delta_chunk_size,
+                          remat=remat, embeddings=embeddings,
+                          positions=None if positions is None else jnp.moveaxis(positions, -1, 0))
   batch, length = tokens.shape
   n = length - 1
   chunk = max(1, min(chunk_size, n))

@@ -84,12 +84,14 @@ def positions(config: Qwen3_5Config, input_ids, attention_mask=None,
   return out
 
 
-def embed(config: Qwen3_5Config, params, input_ids, pixel_values=None, image_grid_thw=None,
-          pixel_values_videos=None, video_grid_thw=None):
-  """[B, T, D] input embeddings: the tokens', with each image / video placeholder replaced
-  by the next vision token (`params["visual"]`, the tower's params), in reading order."""
+def vision_tokens(config: Qwen3_5Config, params, input_ids, pixel_values=None,
+                  image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
+  """[B, T, D] the vision tower's tokens (`params["visual"]`) at the image / video
+  placeholders of `input_ids`, in reading order, zeros elsewhere: what `place` puts into
+  the token embeddings. A frozen tower's output, computed once per prompt, is an input of
+  the train step like the tokens (batch field `vision_tokens`)."""
   ids = np.asarray(input_ids)
-  h = jnp.take(params["embed"], jnp.asarray(ids), axis=0)
+  out = jnp.zeros(ids.shape + (config.hidden_size,), params["embed"].dtype)
   for token, pixels, grids, name in ((config.image_token_id, pixel_values, image_grid_thw,
                                       "image"),
                                      (config.video_token_id, pixel_values_videos,
@@ -104,5 +106,22 @@ def embed(config: Qwen3_5Config, params, input_ids, pixel_values=None, image_gri
     if len(rows) != tokens.shape[0]:
       raise ValueError(f"{len(rows)} {name} placeholder tokens in input_ids, but the {name} "
                        f"grids make {tokens.shape[0]}")
-    h = h.at[rows, cols].set(tokens.astype(h.dtype))
-  return h
+    out = out.at[rows, cols].set(tokens.astype(out.dtype))
+  return out
+
+
+def place(config: Qwen3_5Config, params, input_ids, vision_tokens_BxTxD):
+  """[B, T, D] input embeddings: the tokens' own, and at the placeholders the vision tokens
+  (traceable: the train step's form; gradients reach the token embeddings, not the tower)."""
+  is_vision = ((input_ids == config.image_token_id) | (input_ids == config.video_token_id))
+  own = jnp.take(params["embed"], input_ids, axis=0)
+  return jnp.where(is_vision[..., None], vision_tokens_BxTxD.astype(own.dtype), own)
+
+
+def embed(config: Qwen3_5Config, params, input_ids, pixel_values=None, image_grid_thw=None,
+          pixel_values_videos=None, video_grid_thw=None):
+  """[B, T, D] input embeddings with each image / video placeholder replaced by the next
+  vision token (`vision_tokens`, then `place`)."""
+  tokens = vision_tokens(config, params, input_ids, pixel_values, image_grid_thw,
+                         pixel_values_videos, video_grid_thw)
+  return place(config, params, jnp.asarray(np.asarray(input_ids)), tokens)
