@@ -53,3 +53,25 @@ def test_settings_load_from_a_checkpoint(tmp_path):
   loaded = images.ImageSettings.load(str(tmp_path))
   assert (loaded.patch_size, loaded.min_pixels, loaded.max_pixels) == (14, 100, 900)
   assert loaded.image_mean == (0.5, 0.5, 0.5) and loaded.image_std == images.CLIP_STD
+
+
+def test_questions_carry_image_references_through_the_buffer(tmp_path):
+  """A row's `images` are references: parsed, kept by the replay buffer's JSON state as
+  strings, and opened from their root when needed."""
+  from zppo_jax.data.records import parse_row
+  from zppo_jax.rl import replay_buffer, stages
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  q = parse_row({"id": 1, "question": "What is drawn?", "answer": "0", "images": ["a.png"]},
+                "row 1")
+  assert q.images == ("a.png",)
+  import dataclasses
+  state, _ = replay_buffer.update(replay_buffer.BufferState(), [(dataclasses.asdict(q), 0.0)],
+                                  0, threshold=0.5, capacity=4)
+  again = replay_buffer.from_json(replay_buffer.to_json(state))
+  assert stages.as_question(again.entries[0].question) == q
+  assert images.open_image(q.images[0], str(tmp_path)).size == (8, 8)
+  with pytest.raises(FileNotFoundError, match="image 'b.png'"):
+    images.open_image("b.png", str(tmp_path))
+  from zppo_jax.data.records import DataError
+  with pytest.raises(DataError, match="field 'images' must be a list of strings"):
+    parse_row({"id": 2, "question": "q", "answer": "1", "images": "a.png"}, "row 2")

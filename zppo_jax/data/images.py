@@ -49,6 +49,17 @@ class ImageSettings:
     return cls(**{k: v for k, v in fields.items() if v is not None})
 
 
+def open_image(reference: str, root: str = "") -> Image.Image:
+  """The image a question's reference names: a path, relative to `root` unless absolute. A missing or unreadable file is an error naming the reference."""
+  path = reference if os.path.isabs(reference) or not root else os.path.join(root, reference)
+  try:
+    with Image.open(path) as image:
+      image.load()
+      return image
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"image {reference!r} ({path}): {type(e).__name__}: {e}") from None
+
+
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int
                  ) -> tuple[int, int]:
   """The size both of whose sides are multiples of `factor`, nearest the aspect ratio, with

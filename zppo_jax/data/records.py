@@ -18,6 +18,9 @@ class Question:
   answer: str
   choices: tuple[str, ...] = ()              # multiple choice: the answer is a letter
   teacher_responses: tuple[str, ...] = ()    # precomputed teacher rollouts, if any
+  images: tuple[str, ...] = ()               # image references (paths, `images.open_image`),
+                                             # never pixels: the buffer and checkpoints hold
+                                             # these strings
 
 
 def _strings(value, field, where) -> tuple[str, ...]:
@@ -56,8 +59,8 @@ def as_object(row: Any, where: str, expected: str = "an object") -> dict:
 
 def parse_row(row: Any, where: str) -> Question:
   """A `Question` from a dict (or a JSON line of one) with `id`, `question`, `answer` and
-  optional `choices` and `teacher_responses`; `where` (e.g. "data.jsonl line 17") names the
-  row in errors."""
+  optional `choices`, `teacher_responses` and `images` (references); `where` (e.g.
+  "data.jsonl line 17") names the row in errors."""
   row = as_object(row, where, "an object with fields id, question, answer")
   missing = [k for k in ("id", "question", "answer") if row.get(k) in (None, "")]
   if missing:
@@ -70,7 +73,8 @@ def parse_row(row: Any, where: str) -> Question:
   return Question(id=str(row["id"]), question=row["question"], answer=str(answer),
                   choices=_strings(row.get("choices"), "choices", where),
                   teacher_responses=_strings(row.get("teacher_responses"), "teacher_responses",
-                                             where))
+                                             where),
+                  images=_strings(row.get("images"), "images", where))
 
 
 def check_unique_ids(ids: Iterable[str], where: Callable[[int], str]):

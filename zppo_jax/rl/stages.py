@@ -31,8 +31,8 @@ LONG_QUESTIONS = ("skip", "cut")
 
 def as_question(d: dict) -> Question:
   """A Question from its `dataclasses.asdict` form (the buffer's, a host gather's)."""
-  return Question(**{**d, "choices": tuple(d.get("choices", ())),
-                     "teacher_responses": tuple(d.get("teacher_responses", ()))})
+  return Question(**{**d, **{k: tuple(d.get(k, ())) for k in ("choices", "teacher_responses",
+                                                               "images")}})
 
 
 # ------------------------------------------------------------------------------ questions
