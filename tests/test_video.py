@@ -1,0 +1,70 @@
+"""Video preprocessing by hand-computed cases (transformers' Qwen3-VL video processor needs
+torchvision, which has no wheel for this CPU torch): frame sampling, the clip's size rule,
+the patch layout with temporal padding, the timestamps and the prompt text."""
+
+import numpy as np
+import pytest
+
+from zppo_jax.data import video
+
+SETTINGS = video.VideoSettings(min_pixels=4 * 32 * 32, max_pixels=12 * 64 * 64)
+
+
+def test_frames_are_sampled_at_the_settings_fps():
+  # 3 s at 30 fps, 2 per second: 6 frames from the first to the last
+  np.testing.assert_array_equal(video.sample_frames(90, 30.0, SETTINGS), [0, 18, 36, 53, 71, 89])
+  # a short clip: min_frames (4), but never more than it has
+  np.testing.assert_array_equal(video.sample_frames(7, 24.0, SETTINGS), [0, 2, 4, 6])
+  np.testing.assert_array_equal(video.sample_frames(3, 24.0, SETTINGS), [0, 1, 2])
+  # no fps known: 24 assumed (50 frames ~ 2.1 s -> 4 frames)
+  np.testing.assert_array_equal(video.sample_frames(50, None, SETTINGS), [0, 16, 33, 49])
+  np.testing.assert_array_equal(video.sample_frames(40, 30.0, SETTINGS, num_frames=5),
+                                [0, 10, 20, 29, 39])
+
+
+def test_clip_sizes_follow_the_size_rule():
+  assert video.smart_resize(4, 64, 96, 2, 32, 4 * 32 * 32, 12 * 64 * 64) == (64, 96)
+  # 8 frames of 480x640 are over 12*64*64 pixels: each side shrunk by the same factor
+  h, w = video.smart_resize(8, 480, 640, 2, 32, 4 * 32 * 32, 12 * 64 * 64)
+  assert (h, w) == (64, 64) and 8 * h * w <= 12 * 64 * 64
+  # under min_pixels: grown
+  assert video.smart_resize(2, 32, 32, 2, 32, 4 * 32 * 32, 10 ** 7) == (64, 64)
+  with pytest.raises(ValueError, match="aspect ratio over 200"):
+    video.smart_resize(2, 32, 9000, 2, 32, 1, 10 ** 9)
+
+
+def test_patch_layout_and_temporal_padding():
+  """5 frames on the grid (64x96, patch 16, merge 2, temporal 2): 3 temporal patches, the
+  last frame repeated; each row is one (time, row, column) patch, merge blocks contiguous,
+  its values in (channel, frame, pixel row, pixel column) order."""
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (5, 64, 96, 3), dtype=np.uint8)
+  patches, grid = video.preprocess(list(frames), SETTINGS)
+  assert grid == (3, 4, 6) and patches.shape == (3 * 4 * 6, 3 * 2 * 16 * 16)
+  clip = (frames.astype(np.float64) / 255 - 0.5) / 0.5
+  clip = np.concatenate([clip, clip[-1:]])  # 6 frames
+
+  def patch(t, row, col):  # [C, T, P, P] of grid patch (row, col) of temporal patch t
+    block = clip[2 * t:2 * t + 2, 16 * row:16 * row + 16, 16 * col:16 * col + 16]
+    return np.transpose(block, (3, 0, 1, 2)).ravel()
+
+  order = [(t, 2 * br + mr, 2 * bc + mc) for t in range(3) for br in range(2)
+           for bc in range(3) for mr in range(2) for mc in range(2)]
+  for i, (t, row, col) in enumerate(order):
+    np.testing.assert_allclose(patches[i], patch(t, row, col), atol=1e-6, rtol=0)
+
+
+def test_timestamps_and_prompt_text():
+  # frames 0, 15, 30, 45, 60 at 30 fps, padded with 60: patches (0, 0.5), (1, 1.5), (2, 2)
+  seconds = video.timestamps([0, 15, 30, 45, 60], 30.0, 2)
+  assert seconds == pytest.approx([0.25, 1.25, 2.0])
+  text = video.placeholder((3, 4, 6), seconds, merge_size=2)
+  frame = "<|vision_start|>" + "<|video_pad|>" * 6 + "<|vision_end|>"
+  assert text == "<0.2 seconds>" + frame + "<1.2 seconds>" + frame + "<2.0 seconds>" + frame
+  with pytest.raises(ValueError, match="2 timestamps for a video of 3 temporal patches"):
+    video.placeholder((3, 4, 6), seconds[:2], 2)
+
+
+def test_a_clip_too_short_is_named():
+  with pytest.raises(ValueError, match="a clip of 1 frames: at least 2"):
+    video.preprocess([np.zeros((64, 64, 3), np.uint8)], SETTINGS)

@@ -1,0 +1,137 @@
+"""Videos for the vision tower, without torch: what the Qwen3-VL video processor (which
+Qwen3.5 repositories name) does. Frames are sampled uniformly at `fps` (between min_frames
+and max_frames), resized so both sides are multiples of patch x merge size with the clip's
+pixel count within bounds, normalised, padded to a whole number of temporal patches with
+the last frame, and cut into (time, row, column) patches in merge-block order. In the prompt
+each temporal patch of frames stands behind its timestamp (`placeholder`).
+
+Resizing uses PIL's bicubic filter; transformers resizes videos with torchvision (not
+installable beside this project's CPU torch, so not compared here), whose antialiased
+bicubic can differ slightly for clips that are not already on the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from zppo_jax.data.images import VISION_END, VISION_START, to_rgb
+
+VIDEO_PAD = "<|video_pad|>"
+STANDARD_MEAN = STANDARD_STD = (0.5, 0.5, 0.5)   # the video processor's defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSettings:
+  """A repository's video_preprocessor_config.json (the fields the video path reads)."""
+  patch_size: int = 16
+  temporal_patch_size: int = 2
+  merge_size: int = 2
+  min_pixels: int = 128 * 32 * 32
+  max_pixels: int = 32 * 32 * 768
+  fps: float = 2.0
+  min_frames: int = 4
+  max_frames: int = 768
+  image_mean: tuple[float, ...] = STANDARD_MEAN
+  image_std: tuple[float, ...] = STANDARD_STD
+
+  @classmethod
+  def load(cls, path: str) -> "VideoSettings":
+    """From `<path>/video_preprocessor_config.json`; missing fields keep the defaults."""
+    file = (os.path.join(path, "video_preprocessor_config.json") if os.path.isdir(path)
+            else path)
+    with open(file) as f:
+      doc = json.load(f)
+    size = doc.get("size") or {}
+    fields = {k: doc.get(k) for k in ("patch_size", "temporal_patch_size", "merge_size", "fps",
+                                      "min_frames", "max_frames")}
+    fields.update(min_pixels=size.get("shortest_edge"), max_pixels=size.get("longest_edge"),
+                  image_mean=tuple(doc["image_mean"]) if "image_mean" in doc else None,
+                  image_std=tuple(doc["image_std"]) if "image_std" in doc else None)
+    return cls(**{k: v for k, v in fields.items() if v is not None})
+
+
+def sample_frames(total_frames: int, video_fps: float | None, settings: VideoSettings,
+                  num_frames: int | None = None) -> np.ndarray:
+  """Indices of the frames to keep: `num_frames` of them, or `settings.fps` per second of
+  the clip (24 fps assumed when it is not known), within [min_frames, max_frames] and the
+  clip's length, spread uniformly from the first frame to the last."""
+  if num_frames is None:
+    fps = video_fps or 24.0
+    num_frames = int(total_frames / fps * settings.fps)
+    num_frames = min(max(num_frames, settings.min_frames), settings.max_frames, total_frames)
+  return np.linspace(0, total_frames - 1, num_frames).round().astype(int)
+
+
+def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int, factor: int,
+                 min_pixels: int, max_pixels: int) -> tuple[int, int]:
+  """Frame size of a clip: sides multiples of `factor`, the clip's pixel count (frames
+  rounded to the temporal factor) within [min_pixels, max_pixels]."""
+  if num_frames < temporal_factor:
+    raise ValueError(f"a clip of {num_frames} frames: at least {temporal_factor} are needed")
+  if height < factor or width < factor:
+    scale = max(factor / height, factor / width)
+    height, width = int(height * scale), int(width * scale)
+  if max(height, width) / min(height, width) > 200:
+    raise ValueError(f"frames of {height}x{width}: aspect ratio over 200")
+  h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+  t_bar = round(num_frames / temporal_factor) * temporal_factor
+  if t_bar * h_bar * w_bar > max_pixels:
+    beta = math.sqrt(num_frames * height * width / max_pixels)
+    h_bar = max(factor, math.floor(height / beta / factor) * factor)
+    w_bar = max(factor, math.floor(width / beta / factor) * factor)
+  elif t_bar * h_bar * w_bar < min_pixels:
+    beta = math.sqrt(min_pixels / (num_frames * height * width))
+    h_bar = math.ceil(height * beta / factor) * factor
+    w_bar = math.ceil(width * beta / factor) * factor
+  return h_bar, w_bar
+
+
+def preprocess(frames: Sequence, settings: VideoSettings
+               ) -> tuple[np.ndarray, tuple[int, int, int]]:
+  """Sampled frames ([H, W, 3] uint8 arrays or PIL images, all one size) -> (patches
+  [gt·gh·gw, 3·T·P·P] float32, grid (gt, gh, gw)): the tower's `pixel_values_videos` rows."""
+  pictures = [to_rgb(f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)))
+              for f in frames]
+  p, m, t = settings.patch_size, settings.merge_size, settings.temporal_patch_size
+  height, width = smart_resize(len(pictures), pictures[0].height, pictures[0].width, t, p * m,
+                               settings.min_pixels, settings.max_pixels)
+  pictures = [x if (x.height, x.width) == (height, width)
+              else x.resize((width, height), resample=Image.BICUBIC) for x in pictures]
+  pixels = np.stack([np.asarray(x) for x in pictures]).astype(np.float64) * (1 / 255)
+  pixels = ((pixels - np.asarray(settings.image_mean)) / np.asarray(settings.image_std))
+  clip = np.moveaxis(pixels.astype(np.float32), -1, 1)  # [F, C, H, W]
+  if pad := -len(clip) % t:  # a whole number of temporal patches: repeat the last frame
+    clip = np.concatenate([clip, np.repeat(clip[-1:], pad, axis=0)])
+  gt, gh, gw = len(clip) // t, height // p, width // p
+  patches = clip.reshape(gt, t, 3, gh // m, m, p, gw // m, m, p)
+  patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, bh, bw, mh, mw, C, T, P, P)
+  return np.ascontiguousarray(patches.reshape(gt * gh * gw, -1)), (gt, gh, gw)
+
+
+def timestamps(indices: Sequence[int], video_fps: float, temporal_patch_size: int
+               ) -> list[float]:
+  """Seconds of each temporal patch: the mean time of its first and last frame (frames
+  padded with the last index to a whole patch)."""
+  indices = list(indices)
+  if pad := -len(indices) % temporal_patch_size:
+    indices += [indices[-1]] * pad
+  seconds = [i / video_fps for i in indices]
+  return [(seconds[i] + seconds[i + temporal_patch_size - 1]) / 2
+          for i in range(0, len(seconds), temporal_patch_size)]
+
+
+def placeholder(grid: tuple[int, int, int], seconds: Sequence[float], merge_size: int) -> str:
+  """A video's text in a prompt: per temporal patch, `<t seconds>` and its vision tokens
+  (one `<|video_pad|>` per merged patch of the frame) between the start and end markers."""
+  gt, gh, gw = grid
+  if len(seconds) != gt:
+    raise ValueError(f"{len(seconds)} timestamps for a video of {gt} temporal patches")
+  frame = VISION_START + VIDEO_PAD * (gh * gw // merge_size ** 2) + VISION_END
+  return "".join(f"<{s:.1f} seconds>" + frame for s in seconds)
