@@ -92,13 +92,14 @@ def from_hf(config: VisionConfig, tensor) -> dict:
 def layout(config: VisionConfig, grid_thw: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
   """Host-side arrays of a batch of images/videos with grids (t, h, w) in patches, packed in
   order (patches within a frame in merge-block order, as the processor emits them):
-    segments [N] int32: which frame of which image each patch is in (attention stays inside)
+    frames [F, L] int32, frame_mask [F, L] bool: the packed patches of each frame of each
+      image, padded to the longest frame (attention runs per frame, never across)
+    slots [N] int32: where patch n sits in `frames` (frame * L + position), to unpack
     rope_hw [N, 2] int32: the patch's (row, column) for the 2-D rotary embedding
     taps [N, 4] int32, tap_weights [N, 4] float32: bilinear taps into the position grid
       (align_corners=True, as transformers resamples it)."""
   m, side = config.spatial_merge_size, config.grid_side
-  segments, rope_hw, taps, weights = [], [], [], []
-  frame = 0
+  sizes, rope_hw, taps, weights = [], [], [], []  # sizes: patches of each frame
   for t, h, w in grid_thw:
     t, h, w = int(t), int(h), int(w)
     if h % m or w % m:
@@ -112,12 +113,17 @@ def layout(config: VisionConfig, grid_thw: Sequence[Sequence[int]]) -> dict[str,
     frame_taps = (row_taps[:, :, None] * side + col_taps[:, None, :]).reshape(-1, 4)
     frame_w = (row_w[:, :, None] * col_w[:, None, :]).reshape(-1, 4)
     for _ in range(t):
-      segments.append(np.full(h * w, frame, np.int32))
+      sizes.append(h * w)
       rope_hw.append(np.stack([row, col], axis=-1))
       taps.append(frame_taps)
       weights.append(frame_w)
-      frame += 1
-  return {"segments": np.concatenate(segments).astype(np.int32),
+  longest, starts = max(sizes), np.cumsum([0] + sizes[:-1])
+  frames = np.zeros((len(sizes), longest), np.int32)
+  frame_mask = np.zeros((len(sizes), longest), bool)
+  for f, (start, size) in enumerate(zip(starts, sizes)):
+    frames[f, :size], frame_mask[f, :size] = np.arange(start, start + size), True
+  slots = np.concatenate([f * longest + np.arange(size) for f, size in enumerate(sizes)])
+  return {"frames": frames, "frame_mask": frame_mask, "slots": slots.astype(np.int32),
           "rope_hw": np.concatenate(rope_hw).astype(np.int32),
           "taps": np.concatenate(taps).astype(np.int32),
           "tap_weights": np.concatenate(weights).astype(np.float32)}
@@ -167,7 +173,8 @@ def rotary(config: VisionConfig, rope_hw_Nx2):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def forward(config: VisionConfig, params, pixel_values, segments, rope_hw, taps, tap_weights):
+def forward(config: VisionConfig, params, pixel_values, frames, frame_mask, slots, rope_hw, taps,
+            tap_weights):
   """pixel_values [N, patch_dim] (packed patches of every image and video, `layout` order)
   -> merged tokens [N / spatial_merge_size², out_hidden_size], in the params' dtype."""
   dtype = params["pos_embed"].dtype
@@ -176,7 +183,7 @@ def forward(config: VisionConfig, params, pixel_values, segments, rope_hw, taps,
   pos_Nx4xD = params["pos_embed"][taps]
   x_NxD = x_NxD + jnp.sum(pos_Nx4xD * tap_weights[..., None].astype(dtype), axis=1)
   cos, sin = rotary(config, rope_hw)
-  same_frame_NxN = segments[:, None] == segments[None, :]
+  keys_Fx1x1xL = frame_mask[:, None, None, :]
   act = activation(config.hidden_act)
 
   def block(x_NxD, p):
@@ -185,10 +192,14 @@ def forward(config: VisionConfig, params, pixel_values, segments, rope_hw, taps,
                                                                             head_dim)
     q, k, v = (qkv_Nx3xHxK[:, i] for i in range(3))
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    logits_HxNxN = jnp.einsum("nhk,mhk->hnm", q.astype(jnp.float32), k.astype(jnp.float32))
-    logits_HxNxN = jnp.where(same_frame_NxN[None], logits_HxNxN * head_dim ** -0.5, -jnp.inf)
-    weights = jax.nn.softmax(logits_HxNxN, axis=-1).astype(dtype)
-    attended_NxD = jnp.einsum("hnm,mhk->nhk", weights, v).reshape(n, heads * head_dim)
+    # per frame: [F, L, H, K] gathered from the packed patches, padding keys masked
+    q_FxLxHxK, k_FxLxHxK, v_FxLxHxK = (x[frames] for x in (q, k, v))
+    logits_FxHxLxL = jnp.einsum("flhk,fmhk->fhlm", q_FxLxHxK.astype(jnp.float32),
+                                k_FxLxHxK.astype(jnp.float32)) * head_dim ** -0.5
+    logits_FxHxLxL = jnp.where(keys_Fx1x1xL, logits_FxHxLxL, -jnp.inf)
+    weights = jax.nn.softmax(logits_FxHxLxL, axis=-1).astype(dtype)
+    attended_FxLxHxK = jnp.einsum("fhlm,fmhk->flhk", weights, v_FxLxHxK)
+    attended_NxD = attended_FxLxHxK.reshape(-1, heads * head_dim)[slots]
     x_NxD = x_NxD + _linear(attended_NxD, p["proj"])
     hidden = act(_linear(_layer_norm(x_NxD, p["norm2"]), p["fc1"]))
     return x_NxD + _linear(hidden, p["fc2"]), None
