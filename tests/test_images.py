@@ -75,3 +75,16 @@ def test_questions_carry_image_references_through_the_buffer(tmp_path):
   from zppo_jax.data.records import DataError
   with pytest.raises(DataError, match="field 'images' must be a list of strings"):
     parse_row({"id": 2, "question": "q", "answer": "1", "images": "a.png"}, "row 2")
+
+
+def test_a_questions_images_become_prompt_text_and_pixels(tmp_path):
+  rng = np.random.default_rng(3)
+  for name, size in (("a.png", (64, 96)), ("b.png", (32, 32))):
+    Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(tmp_path / name)
+  text, pixels, grids = images.prompt_inputs(["a.png", "b.png"], SETTINGS, str(tmp_path))
+  assert grids == [(1, 4, 6), (1, 2, 2)]
+  assert text == images.placeholder((1, 4, 6), 2) + images.placeholder((1, 2, 2), 2)
+  assert pixels.shape == (4 * 6 + 2 * 2, 3 * 2 * 16 * 16)
+  first, _ = images.preprocess(Image.open(tmp_path / "a.png"), SETTINGS)
+  np.testing.assert_array_equal(pixels[:24], first)
+  assert images.prompt_inputs((), SETTINGS) == ("", None, [])

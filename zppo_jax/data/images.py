@@ -111,3 +111,15 @@ def placeholder(grid: tuple[int, int, int], merge_size: int) -> str:
   markers (one `<|image_pad|>` per merged patch), as the processor expands it."""
   t, h, w = grid
   return VISION_START + IMAGE_PAD * (t * h * w // merge_size ** 2) + VISION_END
+
+
+def prompt_inputs(references, settings: ImageSettings, root: str = ""
+                  ) -> tuple[str, np.ndarray | None, list[tuple[int, int, int]]]:
+  """A question's images for a prompt: (their placeholder text, to put before the question;
+  pixel_values of all of them, packed; their grids), the sampler's `images` entry being
+  (pixel_values, grids). No references: ("", None, [])."""
+  if not references:
+    return "", None, []
+  patches, grids = zip(*(preprocess(open_image(r, root), settings) for r in references))
+  text = "".join(placeholder(g, settings.merge_size) for g in grids)
+  return text, np.concatenate(patches), list(grids)
