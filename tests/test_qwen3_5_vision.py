@@ -244,3 +244,24 @@ def test_train_step_scores_rows_after_image_prompts(hf_vlm):
       positions=batch["positions"])["logprobs"]))(text)
   assert float(jnp.abs(grads["embed"]).sum()) > 0
   assert float(jnp.abs(grads["full"]["q_proj"]).sum()) > 0
+
+
+def test_image_batches_of_other_sizes_reuse_one_program(reference):
+  """Patch, frame and frame-length counts are rounded up to buckets: a batch of other image
+  sizes in the same buckets compiles nothing, and gives what it gives alone."""
+  hf_config, model = reference
+  config = config_lib.vision_from_hf_dict(hf_config.to_dict())
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  params = vision.from_hf(config, lambda name: state[name])
+  rng = np.random.default_rng(4)
+  first, second = [(1, 4, 6), (1, 2, 2)], [(1, 2, 12), (1, 4, 2)]
+  pixels = lambda grids: rng.normal(size=(sum(t * h * w for t, h, w in grids),
+                                          config.patch_dim)).astype(np.float32)
+  vision.encode(config, params, pixels(first), first)
+  compiled = vision._forward._cache_size()
+  both = pixels(second)
+  out = np.asarray(vision.encode(config, params, both, second))
+  assert vision._forward._cache_size() == compiled
+  with torch.no_grad():
+    want = model(torch.from_numpy(both), grid_thw=torch.tensor(second)).pooler_output.numpy()
+  np.testing.assert_allclose(out, want, atol=1e-4, rtol=0)

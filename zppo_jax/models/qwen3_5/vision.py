@@ -196,7 +196,8 @@ def forward(config: VisionConfig, params, pixel_values, frames, frame_mask, slot
     q_FxLxHxK, k_FxLxHxK, v_FxLxHxK = (x[frames] for x in (q, k, v))
     logits_FxHxLxL = jnp.einsum("flhk,fmhk->fhlm", q_FxLxHxK.astype(jnp.float32),
                                 k_FxLxHxK.astype(jnp.float32)) * head_dim ** -0.5
-    logits_FxHxLxL = jnp.where(keys_Fx1x1xL, logits_FxHxLxL, -jnp.inf)
+    # padding keys: the lowest float, not -inf, so a frame of padding alone stays finite
+    logits_FxHxLxL = jnp.where(keys_Fx1x1xL, logits_FxHxLxL, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits_FxHxLxL, axis=-1).astype(dtype)
     attended_FxLxHxK = jnp.einsum("fhlm,fmhk->flhk", weights, v_FxLxHxK)
     attended_NxD = attended_FxLxHxK.reshape(-1, heads * head_dim)[slots]
@@ -219,8 +220,40 @@ def activation(name: str):
 _forward = jax.jit(forward, static_argnums=0)  # one program per model and patch count
 
 
+def _bucket(n: int, least: int) -> int:
+  """n rounded up to 8 steps per power of two (at most 1/8 of padding), at least `least`."""
+  step = 1 << max(max(n - 1, 0).bit_length() - 3, 0)
+  return max(least, -(-n // step) * step)
+
+
+def pad_layout(meta: dict[str, np.ndarray], pixel_values, merge_unit: int):
+  """(pixel_values, layout) with the patch, frame and frame-length counts rounded up
+  (`_bucket`), so that images of other sizes reuse one compiled program. Padding frames and slots are
+  masked keys; padding patches belong to no frame (they read the first slot's output) and
+  their tokens, past the real ones, are dropped."""
+  n, (frames, longest) = len(meta["slots"]), meta["frames"].shape
+  rows = _bucket(n, 16 * merge_unit)
+  count, length = _bucket(frames, 1), _bucket(longest, 16)
+  out = {"frames": np.zeros((count, length), np.int32),
+         "frame_mask": np.zeros((count, length), bool), "slots": np.zeros(rows, np.int32)}
+  out["frames"][:frames, :longest] = meta["frames"]
+  out["frame_mask"][:frames, :longest] = meta["frame_mask"]
+  frame, position = np.divmod(meta["slots"], longest)
+  out["slots"][:n] = frame * length + position
+  for key in ("rope_hw", "taps", "tap_weights"):
+    out[key] = np.zeros((rows,) + meta[key].shape[1:], meta[key].dtype)
+    out[key][:n] = meta[key]
+  pixels = np.zeros((rows, pixel_values.shape[1]), np.float32)
+  pixels[:n] = pixel_values
+  return pixels, out
+
+
 def encode(config: VisionConfig, params, pixel_values, grid_thw) -> jax.Array:
-  """`forward` (jitted) with the layout of `grid_thw` computed here: the one-call form."""
+  """`forward` (jitted) on the images of `grid_thw`, their layout computed here and padded
+  (`pad_layout`): one program serves every batch of images up to the same bucket sizes."""
   meta = layout(config, grid_thw)
-  return _forward(config, params, jnp.asarray(pixel_values), **{k: jnp.asarray(v)
-                                                                for k, v in meta.items()})
+  merge_unit = config.spatial_merge_size ** 2
+  pixels, padded = pad_layout(meta, np.asarray(pixel_values, np.float32), merge_unit)
+  tokens = _forward(config, params, jnp.asarray(pixels),
+                    **{k: jnp.asarray(v) for k, v in padded.items()})
+  return tokens[:len(meta["slots"]) // merge_unit]
