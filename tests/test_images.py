@@ -81,10 +81,27 @@ def test_a_questions_images_become_prompt_text_and_pixels(tmp_path):
   rng = np.random.default_rng(3)
   for name, size in (("a.png", (64, 96)), ("b.png", (32, 32))):
     Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(tmp_path / name)
-  text, pixels, grids = images.prompt_inputs(["a.png", "b.png"], SETTINGS, str(tmp_path))
+  loader = images.PromptImages(SETTINGS, str(tmp_path), cache_size=4)
+  text, (pixels, grids) = loader(("a.png", "b.png"))
   assert grids == [(1, 4, 6), (1, 2, 2)]
   assert text == images.placeholder((1, 4, 6), 2) + images.placeholder((1, 2, 2), 2)
   assert pixels.shape == (4 * 6 + 2 * 2, 3 * 2 * 16 * 16)
   first, _ = images.preprocess(Image.open(tmp_path / "a.png"), SETTINGS)
   np.testing.assert_array_equal(pixels[:24], first)
-  assert images.prompt_inputs((), SETTINGS) == ("", None, [])
+  assert loader(()) == ("", None)
+  # a revisit reads the cache, not the file: a later change on disk is not seen
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "b.png")
+  np.testing.assert_array_equal(loader(("b.png",))[1][0], pixels[24:])
+  with pytest.raises(FileNotFoundError, match="image 'c.png'"):
+    loader(("c.png",))
+
+
+def test_settings_follow_the_tower_unless_the_processor_file_disagrees(tmp_path):
+  from zppo_jax.models.qwen3_5 import config as config_lib
+  tower = config_lib.VisionConfig(depth=1, hidden_size=8, intermediate_size=8, num_heads=2,
+                                  out_hidden_size=8, num_position_embeddings=4, patch_size=8)
+  settings = images.ImageSettings.for_model(tower, str(tmp_path))  # no preprocessor_config
+  assert (settings.patch_size, settings.merge_size) == (8, 2)
+  (tmp_path / "preprocessor_config.json").write_text('{"patch_size": 16, "merge_size": 2}')
+  with pytest.raises(ValueError, match="preprocessor_config.json: patch_size=16.*tower's 8"):
+    images.ImageSettings.for_model(tower, str(tmp_path))

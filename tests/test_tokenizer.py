@@ -281,3 +281,20 @@ def test_responses_keep_their_think_tags_and_nothing_else(qwen_dir):
   assert _added_ids(tok, ids) == [tok.think_id, tok.think_end_id, tok.think_end_id]
   assert tok.encode_batch([body, "x"]) == [ids, QWEN.encode("x")]
   assert tok.decode(ids) == body
+
+
+def test_image_placeholders_are_tokens_and_a_questions_own_strings_are_text(qwen_dir):
+  """The images' placeholders come before the question as the Qwen processor puts them; the
+  same strings typed inside the question stay text (no image can be injected by a row)."""
+  from zppo_jax.data import images
+  tok = Tokenizer.load(str(qwen_dir))
+  vision = images.placeholder((1, 4, 4), 2) + images.placeholder((1, 2, 2), 2)
+  user = "What is <|image_pad|> here?"
+  ids = tok.encode_prompt(user, vision=vision)
+  assert tok.decode(ids) == ("<|im_start|>user\n" + vision + user +
+                             "<|im_end|>\n<|im_start|>assistant\n<think>\n")
+  pad = tok.backend.token_to_id("<|image_pad|>")
+  assert ids.count(pad) == 4 + 1
+  assert ids[:3] == tok.encode_prompt("", vision="")[:3]   # <|im_start|> user \n
+  with pytest.raises(ValueError, match="defines the vision tokens"):
+    Tokenizer.load(tiny_tokenizer.DEFAULT_DIR).encode_prompt(user, vision=vision)

@@ -32,7 +32,7 @@ def load_policy(config, checkpoint: str, mesh, rules=None):
     raise ValueError("config.student.init='random' has no starting checkpoint: pass "
                      "--checkpoint")
   model_config, params = policies.load(config.model.family, config.student, mesh, rules,
-                                       checkpoint=checkpoint)
+                                       checkpoint=checkpoint, vision=config.vision.enabled)
   if checkpoint and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
     tokenizer_dir = checkpoint
   return model_config, params, tokenizer_dir
@@ -49,8 +49,13 @@ def main(argv):
   model_config, params, tokenizer_dir = load_policy(config, _CHECKPOINT.value, mesh, rules)
   compute = jnp.dtype(config.train.compute_dtype)
   params = jax.tree.map(lambda p: p.astype(compute), params)
-  evaluator = evaluation.Evaluator.from_config(config, Tokenizer.load(tokenizer_dir),
-                                               Sampler(model_config, mesh=mesh, rules=rules))
+  tokenizer = Tokenizer.load(tokenizer_dir)
+  images = policies.prompt_images(config.vision, config.data.image_root, model_config,
+                                  _CHECKPOINT.value or config.student.path, tokenizer) if (
+                                      config.vision.enabled) else None
+  evaluator = evaluation.Evaluator.from_config(config, tokenizer,
+                                               Sampler(model_config, mesh=mesh, rules=rules),
+                                               images)
   results = evaluator.run(params, config.seed)
   output = _OUTPUT.value or os.path.join(_CHECKPOINT.value or ".", "eval")
   title = f"{run_config.label(config)}: {_CHECKPOINT.value or config.student.path}"

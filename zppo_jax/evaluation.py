@@ -63,12 +63,13 @@ class SetResult:
 
 class Evaluator:
   """The benchmark sets of `eval_cfg` (`config.eval`, loaded once), evaluated on any params;
-  prompts as `rollout_cfg` builds them, graded under `reward_cfg`."""
+  prompts as `rollout_cfg` builds them (with their questions' images through `images`, a
+  `data.images.PromptImages`), graded under `reward_cfg`."""
 
   def __init__(self, eval_cfg, rollout_cfg, reward_cfg, tokenizer, sampler, *,
-               level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_dir: str = ""):
+               level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_dir: str = "", images=None):
     self.eval_cfg, self.rollout_cfg, self.reward_cfg = eval_cfg, rollout_cfg, reward_cfg
-    self.tokenizer, self.sampler = tokenizer, sampler
+    self.tokenizer, self.sampler, self.images = tokenizer, sampler, images
     if eval_cfg.k < 1 or any(not 1 <= j <= eval_cfg.k for j in eval_cfg.pass_at):
       raise ValueError(f"config.eval.k must be >= 1 and config.eval.pass_at within [1, k]; "
                        f"got k={eval_cfg.k}, pass_at={tuple(eval_cfg.pass_at)}")
@@ -85,28 +86,30 @@ class Evaluator:
         raise ValueError(f"benchmark {b.name} ({b.source}) has no questions")
 
   @classmethod
-  def from_config(cls, config, tokenizer, sampler) -> "Evaluator":
+  def from_config(cls, config, tokenizer, sampler, images=None) -> "Evaluator":
     """The evaluator of a run config (its eval, rollout, reward and data slices)."""
     return cls(config.eval, config.rollout, config.reward, tokenizer, sampler,
-               level_weights=config.data.level_weights, tfds_data_dir=config.data.tfds_data_dir)
+               level_weights=config.data.level_weights, tfds_data_dir=config.data.tfds_data_dir,
+               images=images)
 
   @property
   def max_new_tokens(self) -> int:
     return self.eval_cfg.max_new_tokens or self.rollout_cfg.max_new_tokens
 
   def _batches(self, i: int):
-    """(start, questions, prompt ids) of each sampler call on set i."""
+    """(start, questions, prompt ids, sampler images or None) of each sampler call on set i."""
     size, qs = self.eval_cfg.batch_size, self.sets[i][1]
     for start in range(0, len(qs), size):
       chunk = qs[start:start + size]
+      visions, entries = rollouts.vision_inputs(self.images, chunk)
       yield start, chunk, rollouts.prompt_ids(self.tokenizer, self.rollout_cfg,
-                                              [q.question for q in chunk])
+                                              [q.question for q in chunk], visions), entries
 
   def precompile(self, params) -> None:
     """Builds the sampler programs of every call `run` makes (the sets are known)."""
     eval_cfg, new = self.eval_cfg, self.max_new_tokens
     sizes = {(len(ids), max(map(len, ids))) for i in range(len(self.sets))
-             for _, _, ids in self._batches(i)}
+             for _, _, ids, _ in self._batches(i)}
     shapes = {self.sampler.shapes(n, length, new): (n, length) for n, length in sizes}
     for n, length in shapes.values():
       self.sampler.precompile(params, n, length, max_new_tokens=new,
@@ -119,12 +122,12 @@ class Evaluator:
     out = []
     for i, (bench, qs) in enumerate(self.sets):
       correct, lengths, truncated = [], [], []
-      for start, chunk, ids in self._batches(i):
+      for start, chunk, ids, entries in self._batches(i):
         done, texts = rollouts.sample(
             self.sampler, params, tok, ids, enable_thinking=self.rollout_cfg.enable_thinking,
             num_samples=k, seed=rollouts.derive_seed(seed, i, start),
             max_new_tokens=self.max_new_tokens, temperature=eval_cfg.temperature,
-            top_p=eval_cfg.top_p)
+            top_p=eval_cfg.top_p, images=entries)
         scores = rollouts.grade(texts, [q.answer for q in chunk for _ in range(k)],
                                 self.reward_cfg)
         correct.append((scores >= 1.0).reshape(len(chunk), k))

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zppo_jax import models, sharding
 from zppo_jax import train_step as ts
@@ -20,9 +21,12 @@ from zppo_jax.rl.rollouts import Group
 
 class Learner:
   """`state` (params and optimizer state on the mesh) and its programs, from the run config's
-  `train`, `student.dtype`, `num_iterations` and `seed`."""
+  `train`, `student.dtype`, `num_iterations` and `seed`. A vision-language student's frozen
+  tower (`tower`, params["visual"] of the checkpoint) stays out of the state: it has no
+  optimizer moments, and the train step takes its tokens as inputs (`vision_fields`)."""
 
-  def __init__(self, config, method: Method, mesh, rules, policies: Policies, params):
+  def __init__(self, config, method: Method, mesh, rules, policies: Policies, params,
+               tower=None):
     self.config, self.method, self.policies = config, method, policies
     self.mesh, self.rules = mesh, rules  # arrays are placed by the logical-axis rules
     train_cfg, model_config = config.train, policies.config
@@ -39,6 +43,13 @@ class Learner:
     self._cast = ((lambda params: params) if compute == jnp.dtype(config.student.dtype) else
                   jax.jit(lambda params: jax.tree.map(lambda p: p.astype(compute), params),
                           out_shardings=self.shardings.params))
+    self.tower = tower
+    self._sampling_tower = None if tower is None else jax.tree.map(
+        lambda p: p.astype(compute), tower)
+    if method.teacher == LOGPROBS and tower is not None:
+      raise ValueError(f"config.method={config.method!r} scores the teacher's log-probs, which "
+                       "after image prompts need the teacher's own vision tokens: not supported "
+                       "with config.vision.enabled")
     if method.teacher == LOGPROBS:
       teacher = policies.teacher_config
       self.teacher_score_fn = ts.jit_score(
@@ -52,10 +63,34 @@ class Learner:
                                                   train_cfg.length_bucket)
 
   def sampling_params(self):
-    """The current params in the compute dtype, for the sampler."""
-    return self._cast(self.state.params)
+    """The current params in the compute dtype (with the tower), for the sampler."""
+    params = self._cast(self.state.params)
+    return params if self.tower is None else {**params, "visual": self._sampling_tower}
 
-  # -- scoring the other policies ------------------------------------------------------------
+  def vision_fields(self, tokens, attention_mask, prompt_lengths, visions) -> dict:
+    """A chunk's `vision_tokens` [R, T, D] (the frozen tower's tokens at each row's image
+    placeholders, encoded once per prompt: a group's rows share it), `vision_mask` [R, T]
+    (the prompts' placeholders; a placeholder id sampled in a completion stays text, as it
+    was when sampled) and `positions` [R, T, 3] (multimodal rotary positions), for
+    `batching.make_chunks`."""
+    model, config = models.of(self.policies.config), self.policies.config
+    in_prompt = np.arange(tokens.shape[1])[None, :] < np.asarray(prompt_lengths)[:, None]
+    placeholder = np.isin(tokens, (config.image_token_id, config.video_token_id))
+    ids = np.where(placeholder & ~in_prompt, -1, tokens)   # -1: read as text
+    grids = [tuple(g) for v in visions if v is not None for g in v[1]]
+    positions = model.multimodal_positions(config, ids, attention_mask, grids or None)
+    out = np.zeros(tokens.shape + (config.hidden_size,), np.float32)
+    params = {"embed": self.state.params["embed"], "visual": self.tower}
+    done = {}
+    for r, v in enumerate(visions):
+      if v is None:
+        continue
+      if id(v) not in done:
+        done[id(v)] = np.asarray(model.multimodal_vision_tokens(
+            config, params, ids[r:r + 1], v[0], v[1]), np.float32)[0]
+      out[r] = done[id(v)]
+    return {"vision_tokens": out, "vision_mask": placeholder & in_prompt,
+            "positions": np.ascontiguousarray(np.moveaxis(positions, 0, -1))}
 
   def _scorers(self) -> list[tuple[str, object, dict]]:
     """(field, jitted score program, params) of each other policy's log-probs the loss
@@ -94,10 +129,14 @@ class Learner:
         batching.bucket_of(longest, self.length_buckets)) + 1]:
       chunk = ts.weigh_rows(batching.make_chunks(
           [batching.Row([0], [0] * (length - 1), [0.0] * (length - 1), 0.0)],
-          chunk_rows=train_cfg.chunk_rows, buckets=(length,), pad_id=0), train_cfg.loss, 1)[0]
+          chunk_rows=train_cfg.chunk_rows, buckets=(length,), pad_id=0,
+          vision_fields=self._vision_fields()), train_cfg.loss, 1)[0]
       chunk = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
       chunks.append({**chunk, **self._scored_shapes(chunk)})
     self.step_fn.precompile(self.state, chunks)
+
+  def _vision_fields(self):
+    return None if self.tower is None else self.vision_fields
 
   # -- the update ----------------------------------------------------------------------------
 
@@ -115,7 +154,8 @@ class Learner:
     chunks = ts.weigh_rows(
         batching.make_chunks(trained, chunk_rows=config.train.chunk_rows,
                              buckets=self.length_buckets,
-                             pad_id=self.policies.tokenizer.endoftext_id),
+                             pad_id=self.policies.tokenizer.endoftext_id,
+                             vision_fields=self._vision_fields()),
         loss_cfg, config.rollout.max_new_tokens,
         left_out=[r.loss_tokens(loss_cfg.mask_truncated)
                   for r, skip in zip(rows, inert) if skip])

@@ -31,7 +31,7 @@ def _chunk_scores(config, params, h, targets, topk_ids, with_entropy):
 
 def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int = 256,
                  topk_ids=None, with_entropy: bool = True, delta_chunk_size: int = 64,
-                 remat: str = "none", vision_tokens=None, positions=None):
+                 remat: str = "none", vision_tokens=None, positions=None, vision_mask=None):
   """Log-probs of each token given the ones before it.
 
   Args:
@@ -40,14 +40,15 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
     topk_ids: optional [B, T, K] ids whose log-probs are also wanted (teacher top-k).
     delta_chunk_size, remat: passed to the model (`hidden_states`).
     vision_tokens: [B, T, D] image / video tokens at their placeholders (prompts with
-      images; `multimodal.vision_tokens`), with `positions` [B, T, 3] their rotary positions.
+      images; `multimodal.vision_tokens`), with `positions` [B, T, 3] their rotary positions
+      and `vision_mask` [B, T] the placeholders they take (default: every placeholder id).
   Returns:
     {"logprobs": [B, T], "entropy": [B, T] (if asked), "topk_logprobs": [B, T, K] (if
     topk_ids)}, entry t scoring token t; position 0 (no context) is 0.
   """
   model = models.of(config)
   embeddings = (None if vision_tokens is None else
-                model.multimodal_place(config, params, tokens, vision_tokens))
+                model.multimodal_place(config, params, tokens, vision_tokens, vision_mask))
   h = model.hidden_states(config, params, tokens, attention_mask, chunk_size=delta_chunk_size,
                           remat=remat, embeddings=embeddings,
                           positions=None if positions is None else jnp.moveaxis(positions, -1, 0))

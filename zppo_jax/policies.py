@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from zppo_jax import checkpointing, models
-from zppo_jax.data.tokenizer import Tokenizer
+from zppo_jax.data import images as images_lib
+from zppo_jax.data.images import PromptImages
+from zppo_jax.data.tokenizer import IMAGE_PAD, Tokenizer
 from zppo_jax.sampler import Sampler
 
 INITS = ("checkpoint", "random")
@@ -33,17 +35,33 @@ def architecture(family: str, policy_cfg, what: str = "student"):
 
 
 def load(family: str, policy_cfg, mesh, rules=None, *, seed: int = 0, checkpoint: str = "",
-         what: str = "student"):
+         what: str = "student", vision: bool = False):
   """(model config, params placed on `mesh`) of a policy slice (`config.student` or
   `config.teacher`: path, dtype[, init, architecture]), placed by the logical-axis `rules`;
   `checkpoint`, when given, is a HF directory or a run's workdir whose newest checkpoint
-  holds the params instead."""
+  holds the params instead. With `vision` the params hold the vision tower too
+  (params["visual"]): a run's checkpoints hold only what it trains, so a frozen tower comes
+  from the policy slice (its checkpoint, or its random init)."""
   model, dtype = models.get(family), jnp.dtype(policy_cfg.dtype)
+  init = policy_cfg.get("init", "checkpoint")
+  if init not in INITS:
+    raise ValueError(f"config.{what}.init must be one of {INITS}, got {init!r}")
+
+  def tower(model_config):
+    if model_config.vision is None:
+      source = f"config.{what}.architecture" if init == "random" else policy_cfg.path
+      raise ValueError(f"config.vision.enabled, but the {what} ({source}) has no vision_config")
+    if init == "random":
+      return jax.jit(lambda: model.vision_init(model_config, jax.random.key(seed + 1), dtype),
+                     out_shardings=model.vision_shardings(model_config, mesh, rules))()
+    return model.load_hf_checkpoint(policy_cfg.path, dtype, mesh=mesh, rules=rules,
+                                    vision=True, text=False)[1]["visual"]
+
   if checkpoint:
     if not os.path.isdir(checkpoint):
       raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory")
     if os.path.isfile(os.path.join(checkpoint, "config.json")):
-      return model.load_hf_checkpoint(checkpoint, dtype, mesh=mesh, rules=rules)
+      return model.load_hf_checkpoint(checkpoint, dtype, mesh=mesh, rules=rules, vision=vision)
     directory = os.path.join(checkpoint, "checkpoints")
     directory = directory if os.path.isdir(directory) else checkpoint
     model_config = architecture(family, policy_cfg, what)
@@ -53,23 +71,23 @@ def load(family: str, policy_cfg, mesh, rules=None, *, seed: int = 0, checkpoint
     if found is None:
       raise FileNotFoundError(f"--checkpoint {checkpoint}: neither a Hugging Face checkpoint "
                               f"(config.json) nor a directory with orbax checkpoints")
-    return model_config, found[1]
-  init = policy_cfg.get("init", "checkpoint")
-  if init not in INITS:
-    raise ValueError(f"config.{what}.init must be one of {INITS}, got {init!r}")
-  if init == "random":
+    params = found[1]
+  elif init == "random":
     model_config = architecture(family, policy_cfg, what)
     params = jax.jit(lambda: model.init_params(model_config, jax.random.key(seed), dtype),
                      out_shardings=model.param_shardings(model_config, mesh, rules))()
+  else:
+    model_config, params = model.load_hf_checkpoint(policy_cfg.path, dtype, mesh=mesh,
+                                                    rules=rules, vision=vision)
     return model_config, params
-  return model.load_hf_checkpoint(policy_cfg.path, dtype, mesh=mesh, rules=rules)
+  return model_config, ({**params, "visual": tower(model_config)} if vision else params)
 
 
 @dataclasses.dataclass
 class Policies:
   """The run's policies: the student's tokenizer, config and sampler; the teacher model when
   it is sampled or scored in-process; the frozen starting student (`reference`) when the
-  loss or a diagnostic scores against it."""
+  loss or a diagnostic scores against it; the image loader of a vision-language run."""
   tokenizer: Tokenizer
   config: object
   sampler: Sampler
@@ -77,6 +95,7 @@ class Policies:
   teacher_params: dict | None = None
   teacher_sampler: Sampler | None = None
   ref_params: dict | None = None
+  images: PromptImages | None = None   # questions' images -> prompt inputs (config.vision)
 
 
 def load_all(config, mesh, rules, student_config, student_params) -> Policies:
@@ -86,8 +105,18 @@ def load_all(config, mesh, rules, student_config, student_params) -> Policies:
     raise ValueError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than "
                      f"the student's vocab_size {student_config.vocab_size}")
   out = Policies(tokenizer, student_config, Sampler(student_config, mesh=mesh, rules=rules))
+  vision = config.vision.enabled
+  if vision:
+    out.images = prompt_images(config.vision, config.data.image_root, student_config,
+                               config.student.path if config.student.init != "random" else "",
+                               tokenizer)
   if config.teacher.source == "model":
-    t_config, t_params = load(config.model.family, config.teacher, mesh, rules, what="teacher")
+    t_config, t_params = load(config.model.family, config.teacher, mesh, rules, what="teacher",
+                              vision=vision)
+    if vision and t_config.vision.patch_size != student_config.vision.patch_size:
+      raise ValueError(f"teacher {config.teacher.path} takes {t_config.vision.patch_size}-pixel "
+                       f"patches, the student {student_config.vision.patch_size}: one image "
+                       "processor must serve both")
     if t_config.vocab_size != student_config.vocab_size:
       raise ValueError(f"teacher {config.teacher.path} has vocab_size {t_config.vocab_size}, the "
                        f"student {student_config.vocab_size}: they must share a tokenizer")
@@ -96,3 +125,17 @@ def load_all(config, mesh, rules, student_config, student_params) -> Policies:
   if config.train.loss.beta or config.log.kl_to_start:
     out.ref_params = student_params  # the frozen starting policy (never donated)
   return out
+
+
+def prompt_images(vision_cfg, image_root: str, model_config, path: str, tokenizer
+                  ) -> PromptImages:
+  """The image loader of `config.vision` for a model: its checkpoint's processor settings
+  (or its tower's), pixel bounds where the config sets them, and a tokenizer that spells
+  the vision tokens with the model's ids."""
+  bounds = {k: vision_cfg[k] for k in ("min_pixels", "max_pixels") if vision_cfg[k]}
+  settings = images_lib.ImageSettings.for_model(model_config.vision, path, **bounds)
+  got = tokenizer.backend.token_to_id(IMAGE_PAD)
+  if got != model_config.image_token_id:
+    raise ValueError(f"tokenizer {tokenizer.name}: {IMAGE_PAD} is id {got}, but the model's "
+                     f"config.json has image_token_id={model_config.image_token_id}")
+  return PromptImages(settings, image_root, vision_cfg.cache_images)

@@ -136,7 +136,8 @@ def base_config() -> ml_collections.ConfigDict:
       on_error="raise",         # raise | skip malformed rows
       long_questions="skip",    # skip | cut a question whose prompt is over
                                 # rollout.max_prompt_tokens (counted in questions/too_long)
-      shuffle=True)
+      shuffle=True,
+      image_root="")            # the directory relative image references are read from
   c.questions_per_step = 8      # new questions per step (all hosts; a multiple of them)
 
   c.rollout = dict(
@@ -183,6 +184,14 @@ def base_config() -> ml_collections.ConfigDict:
       enabled=False,            # drop zero-variance groups from the update (DAPO) ...
       max_rounds=0)             # ... and top up with up to this many extra batches of new
                                 #     questions while fewer than questions_per_step remain
+
+  # Vision-language runs: the student's (and teacher's) vision tower loaded, frozen; each
+  # question's images before its prompts (the question's, its BCQ's and NCQ's).
+  c.vision = dict(
+      enabled=False,
+      min_pixels=0,             # image pixel bounds; 0 = the checkpoint's processor's
+      max_pixels=0,
+      cache_images=256)         # decoded images kept (a revisited question reads its once)
 
   c.num_iterations = 1          # optimisation passes over one rollout batch (PPO epochs)
   c.train = train_config()

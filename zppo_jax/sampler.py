@@ -362,6 +362,8 @@ class Sampler:
     stops[:len(stop_token_ids)] = stop_token_ids
 
     dtype = params["embed"].dtype
+    tower = params.get("visual")  # the vision tower runs before the prefill, not inside it
+    params = {k: v for k, v in params.items() if k != "visual"}
     if self.mesh is not None:
       params = jax.device_put(params, self._param_shardings)  # no-op when already placed
     prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype)
@@ -374,7 +376,10 @@ class Sampler:
       given = [x for x in images if x is not None]
       pixels = np.concatenate([np.asarray(x[0], np.float32) for x in given])
       grids = [tuple(g) for x in given for g in x[1]]
-      embeddings = self.model.multimodal_embeddings(c, params, ids, pixels, grids)
+      if tower is None:
+        raise ValueError("images were given, but the params hold no vision tower ('visual')")
+      embeddings = self.model.multimodal_embeddings(c, {**params, "visual": tower}, ids, pixels,
+                                                    grids)
       positions = self.model.multimodal_positions(c, ids, mask, grids)
       vision_inputs = (self._put(np.asarray(embeddings), ("batch", None, None)),
                        self._put(positions, (None, "batch", None)))

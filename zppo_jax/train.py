@@ -46,7 +46,9 @@ class Trainer:
     self.config, self.workdir = config, workdir
     self.mesh, self.rules = sharding.from_config(config.mesh)
     self.model_config, params = policies.load(config.model.family, config.student, self.mesh,
-                                              self.rules, seed=config.seed)
+                                              self.rules, seed=config.seed,
+                                              vision=config.vision.enabled)
+    tower = params.pop("visual", None)   # frozen: not trained, not in the train state
     reformulates = self.method.reformulates and bool(config.zppo.bcq or config.zppo.ncq)
     self.prompt_limit = stages.prompt_limit(config.rollout, config.zppo, reformulates,
                                             self.model_config.max_position_embeddings)
@@ -57,7 +59,7 @@ class Trainer:
         config.questions_per_step, config.buffer, config.zppo, reformulates,
         config.rollout.max_prompt_tokens, self.prompt_overhead)
     self.learner = learner.Learner(config, self.method, self.mesh, self.rules, self.policies,
-                                   params)
+                                   params, tower)
     self.data_errors = pipeline.ErrorCounter()  # complete once the dataset is made
     self.dataset = pipeline.make_dataset(
         pipeline.training_source(config.data, config.seed), batch_size=config.questions_per_step,
@@ -71,7 +73,8 @@ class Trainer:
         every=config.checkpoint.every,
         keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     self.evaluator = (evaluation.Evaluator.from_config(config, self.policies.tokenizer,
-                                                       self.policies.sampler)
+                                                       self.policies.sampler,
+                                                       self.policies.images)
                       if config.eval.every else None)
     self._restore()
     if config.precompile:
@@ -130,11 +133,15 @@ class Trainer:
     self.checkpointer.save(self.step, self.learner.state, self._host_state(), force=force)
 
   def export(self, path: str | None = None) -> str:
-    """The student as a Hugging Face checkpoint directory (safetensors, config, tokenizer)."""
+    """The student as a Hugging Face checkpoint directory (safetensors, config, tokenizer;
+    a vision-language student's tower with it)."""
     path = path or self.config.export.dir or os.path.join(self.workdir, "export")
     source = self.config.student.path if self.config.student.init != "random" else None
-    models.of(self.model_config).save_hf_checkpoint(path, self.model_config,
-                                                    self.learner.state.params, source=source)
+    params = self.learner.state.params
+    if self.learner.tower is not None:
+      params = {**params, "visual": self.learner.tower}
+    models.of(self.model_config).save_hf_checkpoint(path, self.model_config, params,
+                                                    source=source)
     if source is None and jax.process_index() == 0:  # from scratch: the tokenizer comes along
       for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(self.config.tokenizer, name)):

@@ -12,7 +12,8 @@ convention):
   and, by loss: advantages [R], old_logprobs / sampler_logprobs / ref_logprobs /
   teacher_logprobs [R, T], teacher_topk_ids / teacher_topk_logprobs [R, T, K],
   off_policy / truncated [R]; rows after image prompts: vision_tokens [R, T, D] (the frozen
-  tower's tokens at the placeholders) and positions [R, T, 3] (multimodal rotary positions).
+  tower's tokens at the placeholders), vision_mask [R, T] (which tokens are the prompt's
+  placeholders) and positions [R, T, 3] (multimodal rotary positions).
 """
 
 from __future__ import annotations
@@ -117,16 +118,17 @@ def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
   """The policy's scores of the batch's tokens (`logprobs.token_scores`) in compute dtype."""
   dtype = jnp.dtype(cfg.compute_dtype)
 
-  def scores(params, tokens, attention_mask, topk_ids, vision_tokens, positions):
+  def scores(params, tokens, attention_mask, topk_ids, vision_tokens, positions, vision_mask):
     params = jax.tree.map(lambda p: p.astype(dtype), params)
     return logprobs_lib.token_scores(
         model_config, params, tokens, attention_mask, chunk_size=cfg.logprob_chunk,
         topk_ids=topk_ids, with_entropy=with_entropy, delta_chunk_size=cfg.delta_chunk_size,
-        remat=cfg.remat, vision_tokens=vision_tokens, positions=positions)
+        remat=cfg.remat, vision_tokens=vision_tokens, positions=positions,
+        vision_mask=vision_mask)
 
   # Rows after image prompts carry the frozen tower's tokens and their rotary positions.
   inputs = (batch["tokens"], batch["attention_mask"], batch.get("teacher_topk_ids"),
-            batch.get("vision_tokens"), batch.get("positions"))
+            batch.get("vision_tokens"), batch.get("positions"), batch.get("vision_mask"))
   if batch_spec is not None:
     inputs = _split_rows(inputs, batch_spec)
     if sharding.explicit_axes(batch_spec.mesh):

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from zppo_jax.data import sources, synthetic
+from zppo_jax.data import sources, synthetic, visual
 from zppo_jax.data.records import (DataError, Question, as_object, check_unique_ids, decode,
                                    parse_row)
 
@@ -249,9 +249,12 @@ def load(bench: Benchmark, *, level_weights=(0.3, 0.3, 0.25, 0.15), tfds_data_di
                                         level_weights=tuple(level_weights))
     elif kind == "transfer":
       rows = synthetic.TransferSource(100 * limit, seed=spec.seed)
+    elif kind == "visual_heldout":
+      rows = visual.VisualArithmeticSource(100 * limit, seed=spec.seed, split="heldout",
+                                           level_weights=tuple(level_weights))
     else:
       raise ValueError(f"benchmark {bench.name}: unknown synthetic set {kind!r} (heldout, "
-                       "transfer)")
+                       "transfer, visual_heldout)")
     return _unique((rows.row(i) for i in range(len(rows))), limit)
   if spec.tfds_name is not None:
     fmt = spec.format or TFDS_FORMATS.get(spec.tfds_name.split("/")[0])

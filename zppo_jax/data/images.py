@@ -8,6 +8,7 @@ merge-block order; plus the placeholder text a prompt carries for each image.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -15,10 +16,12 @@ import os
 import numpy as np
 from PIL import Image
 
+from zppo_jax.data import visual
+from zppo_jax.data.tokenizer import IMAGE_PAD, VISION_END, VISION_START
+
 # OpenAI CLIP's channel statistics, the processor's default.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +51,33 @@ class ImageSettings:
         image_std=tuple(doc["image_std"]) if "image_std" in doc else None)
     return cls(**{k: v for k, v in fields.items() if v is not None})
 
+  @classmethod
+  def for_model(cls, tower, path: str = "", **bounds) -> "ImageSettings":
+    """The settings a model's tower (`VisionConfig`) takes: the checkpoint's
+    preprocessor_config.json when `path` has one, else the tower's patch sizes with the
+    processor's defaults (or `bounds`: min_pixels, max_pixels); a file that disagrees with
+    the tower is an error naming the field."""
+    file = os.path.join(path, "preprocessor_config.json") if path else ""
+    settings = cls.load(file) if file and os.path.isfile(file) else cls(
+        patch_size=tower.patch_size, temporal_patch_size=tower.temporal_patch_size,
+        merge_size=tower.spatial_merge_size)
+    settings = dataclasses.replace(settings, **bounds)
+    for field, want in (("patch_size", tower.patch_size),
+                        ("temporal_patch_size", tower.temporal_patch_size),
+                        ("merge_size", tower.spatial_merge_size)):
+      if getattr(settings, field) != want:
+        raise ValueError(f"{file}: {field}={getattr(settings, field)}, but the vision tower's "
+                         f"{want} (config.json vision_config)")
+    return settings
+
 
 def open_image(reference: str, root: str = "") -> Image.Image:
-  """The image a question's reference names: a path, relative to `root` unless absolute. A missing or unreadable file is an error naming the reference."""
+  """The image a question's reference names: a key that draws it (`glyphs:12+7`,
+  `data.visual`), or a path, relative to `root` unless absolute. A missing or unreadable file
+  is an error naming the reference."""
+  drawn = visual.open_key(reference)
+  if drawn is not None:
+    return drawn
   path = reference if os.path.isabs(reference) or not root else os.path.join(root, reference)
   try:
     with Image.open(path) as image:
@@ -113,13 +140,23 @@ def placeholder(grid: tuple[int, int, int], merge_size: int) -> str:
   return VISION_START + IMAGE_PAD * (t * h * w // merge_size ** 2) + VISION_END
 
 
-def prompt_inputs(references, settings: ImageSettings, root: str = ""
-                  ) -> tuple[str, np.ndarray | None, list[tuple[int, int, int]]]:
-  """A question's images for a prompt: (their placeholder text, to put before the question;
-  pixel_values of all of them, packed; their grids), the sampler's `images` entry being
-  (pixel_values, grids). No references: ("", None, [])."""
-  if not references:
-    return "", None, []
-  patches, grids = zip(*(preprocess(open_image(r, root), settings) for r in references))
-  text = "".join(placeholder(g, settings.merge_size) for g in grids)
-  return text, np.concatenate(patches), list(grids)
+class PromptImages:
+  """A question's image references -> (placeholder text, sampler entry), the decoded and
+  resized patches of the last `cache_size` images kept: a buffered question revisited many
+  times, and its BCQ/NCQ prompts, read their files once. The buffer holds only the references."""
+
+  def __init__(self, settings: ImageSettings, root: str = "", cache_size: int = 256):
+    self.settings, self.root = settings, root
+    self._patches = functools.lru_cache(maxsize=max(cache_size, 0))(self._load)
+
+  def _load(self, reference: str):
+    return preprocess(open_image(reference, self.root), self.settings)
+
+  def __call__(self, references) -> tuple[str, tuple[np.ndarray, list] | None]:
+    """(placeholder text before the question, (pixel_values, grids)); no references:
+    ("", None)."""
+    if not references:
+      return "", None
+    patches, grids = zip(*(self._patches(r) for r in references))
+    text = "".join(placeholder(g, self.settings.merge_size) for g in grids)
+    return text, (np.concatenate(patches), list(grids))

@@ -21,7 +21,7 @@ import grain
 import jax
 import numpy as np
 
-from zppo_jax.data import benchmarks, sources, synthetic
+from zppo_jax.data import benchmarks, sources, synthetic, visual
 from zppo_jax.data.records import DataError, check_unique_ids, parse_row
 
 ON_ERROR = ("raise", "skip")
@@ -136,5 +136,9 @@ def training_source(data_cfg, seed: int):
                                       level_weights=tuple(data_cfg.level_weights),
                                       styles=tuple(data_cfg.styles),
                                       review_fraction=data_cfg.review_fraction)
+  if spec.source == "synthetic:visual":
+    return visual.VisualArithmeticSource(data_cfg.synthetic_size, seed=seed,
+                                         level_weights=tuple(data_cfg.level_weights),
+                                         styles=tuple(data_cfg.styles))
   source = sources.open_rows(spec, "train", data_cfg.tfds_data_dir, raw=bool(fmt))
   return benchmarks.FormattedSource(source, fmt) if fmt else source

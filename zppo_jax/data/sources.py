@@ -172,7 +172,8 @@ class SourceSpec:
   (`eval.benchmarks`, after `name=`): `source[;key=value...]`.
 
   source: `synthetic` (the training arithmetic; `synthetic:heldout` / `synthetic:transfer`
-  for evaluation), `tfds:<name>` (the `huggingface:` namespace included), or a .jsonl /
+  for evaluation), `synthetic:visual` (the same drawn into images, `data.visual`;
+  `synthetic:visual_heldout`), `tfds:<name>` (the `huggingface:` namespace included), or a .jsonl /
   .json / .parquet path. Options: format (a row format of data.benchmarks), split (TFDS),
   limit (the first N rows), data_dir (TFDS), seed (synthetic sets)."""
   source: str

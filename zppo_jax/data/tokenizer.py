@@ -26,6 +26,9 @@ import tokenizers
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+# a vision-language tokenizer's: an image is <|vision_start|> <|image_pad|>... <|vision_end|>
+VISION_START, IMAGE_PAD, VIDEO_PAD, VISION_END = ("<|vision_start|>", "<|image_pad|>",
+                                                  "<|video_pad|>", "<|vision_end|>")
 REQUIRED_TOKENS = (ENDOFTEXT, IM_START, IM_END, THINK_OPEN, THINK_CLOSE)
 ROLES = ("system", "user", "assistant")
 # What the generation prompt opens the assistant turn with, by thinking mode. With thinking,
@@ -237,13 +240,16 @@ class Tokenizer:
     return out
 
   def encode_chat(self, messages: Sequence[Mapping], add_generation_prompt: bool = True,
-                  enable_thinking: bool = True) -> list[int]:
+                  enable_thinking: bool = True, splice: Mapping[str, str] | None = None
+                  ) -> list[int]:
     """Ids of the `apply_chat_template` text in which only the template's own special tokens
     are tokens: a special-token string inside a message (a question, a quoted candidate, a
     system prompt) is plain text, so it cannot end the turn or open another.
 
     The template is rendered a second time with the messages' special-token strings broken
-    by a mark no text holds; the whole tokens left are the template's."""
+    by a mark no text holds; the whole tokens left are the template's. `splice` maps a
+    string of a message (a sentinel no text holds) to trusted text put in its place after
+    that, whose special tokens stay tokens: the vision placeholders of a prompt's images."""
     text = self.apply_chat_template(messages, add_generation_prompt, enable_thinking)
     mark = "\ue000"
     while mark in text:
@@ -253,14 +259,32 @@ class Tokenizer:
     if marked.replace(mark, "") != text:
       raise ValueError(f"{self.name}: the chat template alters message text around special-token "
                        "strings, so its own tokens cannot be told from the messages'")
+    for sentinel, trusted in (splice or {}).items():
+      if marked.count(sentinel) != 1:
+        raise ValueError(f"{self.name}: the chat template repeats or drops message text, so "
+                         "the vision placeholders have no one place")
+      marked = marked.replace(sentinel, trusted)
     pieces = self._specials.split(marked)
     return self._encode_split([[p if j % 2 else p.replace(mark, "")
                                 for j, p in enumerate(pieces)]])[0]
 
   def encode_prompt(self, user: str, system: str | None = None,
-                    enable_thinking: bool = True) -> list[int]:
+                    enable_thinking: bool = True, vision: str = "") -> list[int]:
     """Ids of a one-question chat, ending with the generation prompt: what the sampler gets.
-    Special-token strings in `user` and `system` are plain text (see `encode_chat`)."""
+    Special-token strings in `user` and `system` are plain text (see `encode_chat`).
+    `vision`: the placeholder text of the question's images (`images.placeholder`), put
+    before the question as the Qwen processor does; its vision tokens are tokens."""
+    if vision:
+      missing = [t for t in set(self._specials.split(vision)[1::2]) | {VISION_START, VISION_END}
+                 if self.backend.token_to_id(t) is None]
+      if missing or self._specials.sub("", vision):
+        raise ValueError(f"{self.name}: no token for {sorted(missing) or vision[:40]!r}; a "
+                         "vision-language tokenizer defines the vision tokens")
+      sentinel = "\ue001"
+      while sentinel in user or sentinel in (system or ""):
+        sentinel += "\ue001"
+      user = sentinel + user
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}]
-    return self.encode_chat(messages, True, enable_thinking)
+    return self.encode_chat(messages, True, enable_thinking,
+                            {sentinel: vision} if vision else None)

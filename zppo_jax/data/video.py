@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from zppo_jax.data.images import VISION_END, VISION_START, to_rgb
+from zppo_jax.data.images import to_rgb
+from zppo_jax.data.tokenizer import VIDEO_PAD, VISION_END, VISION_START
 
-VIDEO_PAD = "<|video_pad|>"
 STANDARD_MEAN = STANDARD_STD = (0.5, 0.5, 0.5)   # the video processor's defaults
 
 

@@ -25,6 +25,7 @@ class Row:
   advantage: float
   truncated: bool = False
   off_policy: bool = False
+  vision: tuple | None = None   # the prompt's images: (pixel_values, grids), or None
 
   def __len__(self) -> int:
     return len(self.prompt) + len(self.completion)
@@ -69,10 +70,13 @@ def plan(lengths: Sequence[int], chunk_rows: int,
 
 
 def make_chunks(rows: Sequence[Row], *, chunk_rows: int, buckets: Sequence[int],
-                pad_id: int) -> list[dict[str, np.ndarray]]:
+                pad_id: int, vision_fields=None) -> list[dict[str, np.ndarray]]:
   """Host arrays of each chunk (`train_step` lists the fields), prompt then completion,
   right padding; only completion tokens carry loss. `real` [R] marks the rows that are not
-  padding, for `train_step.weigh_rows`."""
+  padding, for `train_step.weigh_rows`. `vision_fields(tokens, attention_mask,
+  prompt_lengths, visions)`, given the chunk's rows' `vision` (None for padding rows), adds
+  the fields of rows after image prompts (a vision-language run gives every chunk them: one
+  program per length)."""
   chunks = []
   for members, length in plan([len(r) for r in rows], chunk_rows, buckets):
     c = dict(tokens=np.full((chunk_rows, length), pad_id, np.int32),
@@ -90,5 +94,10 @@ def make_chunks(rows: Sequence[Row], *, chunk_rows: int, buckets: Sequence[int],
       c["sampler_logprobs"][r, n:n + m] = row.logprobs
       c["advantages"][r], c["truncated"][r] = row.advantage, row.truncated
       c["off_policy"][r], c["real"][r] = row.off_policy, True
+    if vision_fields is not None:
+      pad = [None] * (chunk_rows - len(members))
+      c.update(vision_fields(c["tokens"], c["attention_mask"],
+                             [len(rows[i].prompt) for i in members] + [0] * len(pad),
+                             [rows[i].vision for i in members] + pad))
     chunks.append(c)
   return chunks

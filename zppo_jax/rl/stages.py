@@ -216,12 +216,13 @@ def distill_groups(correct_only: bool, groups: Sequence[Group], solutions, tok: 
     comps = [completion_ids(tok, r, enable_thinking) for r in responses]
     n = len(comps)
     out.append(Group(ORIGINAL, q, group.prompt, comps, [[0.0] * len(c) for c in comps],
-                     [False] * n, list(responses), np.ones(n, np.float32), np.ones(n, bool)))
+                     [False] * n, list(responses), np.ones(n, np.float32), np.ones(n, bool),
+                     vision=group.vision))
   return out
 
 
 def train_rows(groups: Sequence[Group], advantages: Sequence[np.ndarray]) -> list[batching.Row]:
   """The groups' sequences with their advantages, as the train step takes them."""
-  return [batching.Row(g.prompt, c, lp, float(a), bool(tr), bool(off))
+  return [batching.Row(g.prompt, c, lp, float(a), bool(tr), bool(off), g.vision)
           for g, adv in zip(groups, advantages)
           for c, lp, tr, a, off in zip(g.completions, g.logprobs, g.truncated, adv, g.off_policy)]

@@ -59,7 +59,8 @@ def rl_step(config, method: Method, policies, learner, data_iter,
 
   def roll_out(items, stage_seed, shape):
     return rollouts.roll_out(policies.sampler, params, tok, rollout_cfg, reward_cfg, items,
-                             stage_seed, shape, config.distill.student_rollouts)
+                             stage_seed, shape, config.distill.student_rollouts,
+                             policies.images)
 
   def fit(pairs):
     return stages.fit_questions(tok, rollout_cfg, config.data.long_questions, pairs,
@@ -84,7 +85,7 @@ def rl_step(config, method: Method, policies, learner, data_iter,
   solutions = rollouts.teacher_pass(
       policies.teacher_sampler, policies.teacher_params, tok, config.teacher, rollout_cfg,
       reward_cfg, [g.question for g in asked], rollouts.derive_seed(seed, step, 3),
-      shapes["questions"])
+      shapes["questions"], policies.images)
   lap("teacher")
 
   events = replay_buffer.Events()

@@ -22,3 +22,5 @@ from zppo_jax.models.qwen3_5.multimodal import embed as multimodal_embeddings
 from zppo_jax.models.qwen3_5.multimodal import place as multimodal_place
 from zppo_jax.models.qwen3_5.multimodal import vision_tokens as multimodal_vision_tokens
 from zppo_jax.models.qwen3_5.multimodal import positions as multimodal_positions
+from zppo_jax.models.qwen3_5.multimodal import tower_init as vision_init
+from zppo_jax.models.qwen3_5.multimodal import tower_shardings as vision_shardings

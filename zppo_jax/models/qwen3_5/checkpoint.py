@@ -138,7 +138,8 @@ def _read(handle, key: str, spec: ParamSpec, index: tuple[slice, ...], dtype) ->
 
 
 def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
-                       rules=None, *, vision: bool = False) -> tuple[Qwen3_5Config, dict]:
+                       rules=None, *, vision: bool = False, text: bool = True
+                       ) -> tuple[Qwen3_5Config, dict]:
   """Loads a Qwen3.5 text model (and with `vision`, its vision tower as params["visual"])
   from a Hugging Face checkpoint directory.
 
@@ -150,6 +151,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
     mesh: optional `jax.sharding.Mesh`; each array is created directly with its sharding from
       the logical-axis `rules`, each host reading only its own shards.
     vision: also load `model.visual.*` (multimodal repositories), sharded by the same rules.
+    text: load the text model (False with `vision`: the tower alone, as {"visual": ...}).
   Returns:
     (config, params), params a nested dict of jax.Arrays.
   """
@@ -160,7 +162,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
   prefix = TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE] if any(
       k.startswith(TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE]) for k in files
   ) else TEXT_PREFIXES[config_lib.TEXT_MODEL_TYPE]
-  tables = [(param_specs(config), config, _expected(config, prefix), ())]
+  tables = [(param_specs(config), config, _expected(config, prefix), ())] if text else []
   if vision:
     if config.vision is None:
       raise CheckpointError(f"{path}: vision=True, but its config.json has no vision_config")

@@ -25,6 +25,22 @@ from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 TEXT, IMAGE, VIDEO = 0, 1, 2
 
 
+def _tower(config: Qwen3_5Config):
+  if config.vision is None:
+    raise ValueError("this checkpoint has no vision tower (config.json without vision_config)")
+  return config.vision
+
+
+def tower_init(config: Qwen3_5Config, key, dtype=jnp.float32) -> dict:
+  """A random vision tower for the model (params["visual"])."""
+  return vision.init(_tower(config), key, dtype)
+
+
+def tower_shardings(config: Qwen3_5Config, mesh, rules=None) -> dict:
+  """The NamedShardings of params["visual"] on `mesh`."""
+  return vision.shardings(_tower(config), mesh, rules)
+
+
 def token_types(config: Qwen3_5Config, input_ids) -> np.ndarray:
   """[B, T] int: TEXT, IMAGE or VIDEO per token, from the placeholder ids."""
   ids = np.asarray(input_ids)
@@ -44,8 +60,7 @@ def positions(config: Qwen3_5Config, input_ids, attention_mask=None,
   """[3, B, T] int32 rotary positions of every token (padding: 0), images taking their
   grids in order across the batch; a run of placeholders that does not match its grid's
   token count is an error naming the row."""
-  if config.vision is None:
-    raise ValueError("this checkpoint has no vision tower (config.json without vision_config)")
+  _tower(config)
   types = token_types(config, input_ids)
   batch, length = types.shape
   mask = (np.ones((batch, length), bool) if attention_mask is None
@@ -110,10 +125,13 @@ def vision_tokens(config: Qwen3_5Config, params, input_ids, pixel_values=None,
   return out
 
 
-def place(config: Qwen3_5Config, params, input_ids, vision_tokens_BxTxD):
+def place(config: Qwen3_5Config, params, input_ids, vision_tokens_BxTxD, is_vision=None):
   """[B, T, D] input embeddings: the tokens' own, and at the placeholders the vision tokens
-  (traceable: the train step's form; gradients reach the token embeddings, not the tower)."""
-  is_vision = ((input_ids == config.image_token_id) | (input_ids == config.video_token_id))
+  (traceable: the train step's form; gradients reach the token embeddings, not the tower).
+  `is_vision` [B, T] names the placeholders (a train row's prompt: a placeholder id the
+  policy sampled in its completion is text, as it was when sampled); default: every one."""
+  if is_vision is None:
+    is_vision = ((input_ids == config.image_token_id) | (input_ids == config.video_token_id))
   own = jnp.take(params["embed"], input_ids, axis=0)
   return jnp.where(is_vision[..., None], vision_tokens_BxTxD.astype(own.dtype), own)
 

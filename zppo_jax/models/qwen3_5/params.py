@@ -172,7 +172,11 @@ def _init_one(spec: ParamSpec, shape, key, dtype, std):
 
 def init(config: Qwen3_5Config, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> dict:
   """Random parameters with transformers' initialisation (for from-scratch runs and tests)."""
-  specs = param_specs(config)
+  return init_table(param_specs(config), config, key, dtype, std)
+
+
+def init_table(specs, config, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> dict:
+  """`init` of any parameter table (`config` holds its layer_types): the vision tower's too."""
   keys = jax.random.split(key, len(specs))
   return traverse_util.unflatten_dict({s.path: _init_one(s, s.stacked_shape(config), k, dtype, std)
-                     for s, k in zip(specs, keys)})
+                                       for s, k in zip(specs, keys)})

@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from zppo_jax.models.qwen3_5.config import VisionConfig
+from zppo_jax.models.qwen3_5 import params as param_tables
 from zppo_jax.models.qwen3_5.params import ParamSpec
 
 VISION = "vision"   # the stack (layer type) of the vision blocks
@@ -66,6 +67,16 @@ def param_specs(config: VisionConfig) -> list[ParamSpec]:
                 "merger.linear_fc2.bias", "same", "zeros"),
   ]
   return specs
+
+
+def init(config: VisionConfig, key: jax.Array, dtype=jnp.float32) -> dict:
+  """A random tower (transformers' initialisation): the tiny VLMs start from one."""
+  return param_tables.init_table(param_specs(config), config, key, dtype)
+
+
+def shardings(config: VisionConfig, mesh, rules=None) -> dict:
+  """The tower's NamedShardings on `mesh`, by the same logical-axis rules as the text model."""
+  return param_tables.table_shardings(param_specs(config), config, mesh, rules)
 
 
 def from_hf(config: VisionConfig, tensor) -> dict:

@@ -1,0 +1,131 @@
+"""ZPPO with images: the tiny VLMs (grown from the tiny text models, `tiny_vlm.grow`) on the
+drawn arithmetic task. Every prompt made of a question (its own, its BCQ's and NCQ's, the
+teacher's) carries its images; the buffer holds their keys; the train step scores the rows
+after the images; the tower stays frozen and is exported with the model."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from zppo_jax import run_config, tiny_vlm, train
+from zppo_jax.data import images, visual
+from zppo_jax.data.records import parse_row
+from zppo_jax.data.tokenizer import Tokenizer
+from zppo_jax.models import qwen3_5
+from zppo_jax.rl import rollouts
+from zppo_jax.sampler import LENGTH, Completions
+
+
+@pytest.fixture(scope="module")
+def vlm_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("vlm")
+  return {role: tiny_vlm.grow(os.path.join(tiny_vlm.ASSETS, f"tiny_{role}"), str(root / role),
+                              seed=i)
+          for i, role in enumerate(("student", "teacher"))}
+
+
+def _config(dirs, workdir):
+  """Short rollouts of the unread (not yet SFT-trained) VLM student; the teacher's responses
+  are the dataset's, so that BCQ prompts are built (`test_the_teacher_sees_the_images` has
+  the sampled teacher)."""
+  c = run_config.config_module("tiny.py").get_config()
+  c.student.path, c.teacher.path = dirs["student"], dirs["teacher"]
+  c.teacher.source = "dataset"
+  c.vision.enabled = True
+  c.data.source = "synthetic:visual"
+  c.data.level_weights = (1.0,)
+  c.update(total_steps=2, questions_per_step=4)
+  c.rollout.update(group_size=4, max_new_tokens=32)
+  c.buffer.replay_per_step = 2
+  c.zppo.ncq_policy = "always"          # both prompt kinds from every hard question
+  c.reward.format_weight = 0.5          # well-formed or not: groups that disagree
+  c.precompile = False                  # only the programs two steps use
+  c.eval.update(every=0, benchmarks=("visual=synthetic:visual_heldout;limit=4",), k=2)
+  c.log.update(progress=False, tensorboard=False)
+  c.export.dir = os.path.join(workdir, "export")
+  return c
+
+
+@pytest.fixture(scope="module")
+def run(vlm_dirs, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  trainer = train.Trainer(_config(vlm_dirs, workdir), workdir)
+  tower = jax.device_get(trainer.learner.tower)
+  steps = [trainer.rl_step() for _ in range(2)]
+  return trainer, steps, tower, workdir
+
+
+def test_every_prompt_of_a_question_carries_its_images(run):
+  trainer, steps, _, _ = run
+  config = trainer.model_config
+  groups = [g for _, gs, _ in steps for g in gs]
+  kinds = {g.kind for g in groups}
+  assert {rollouts.ORIGINAL, rollouts.BCQ, rollouts.NCQ} <= kinds, kinds
+  for g in groups:
+    (pixels, grids), = [g.vision]
+    expected = images.PromptImages(trainer.policies.images.settings)(g.question.images)[1]
+    assert grids == expected[1]
+    np.testing.assert_array_equal(pixels, expected[0])
+    # the placeholders sit in the prompt, once per merged patch, before the question
+    assert g.prompt.count(config.image_token_id) == sum(t * h * w for t, h, w in grids) // 4
+  replayed = [g for g in groups if g.replayed]
+  assert replayed and all(g.vision is not None for g in replayed)
+
+
+def test_the_teacher_sees_the_images(vlm_dirs):
+  """A sampled teacher is asked each hard question with its images, through its own tower."""
+  trainer_config = _config(vlm_dirs, "")
+  calls = []
+
+  class Sampler:
+    def generate(self, params, prompts, **kwargs):
+      calls.append((prompts, kwargs["images"]))
+      n = kwargs["num_samples"] * len(prompts)
+      return Completions([[5]] * n, [[0.0]] * n, [LENGTH] * n)
+
+  tok = Tokenizer.load(vlm_dirs["teacher"])
+  loader = images.PromptImages(images.ImageSettings.load(vlm_dirs["teacher"]))
+  hard = [parse_row(visual.VisualArithmeticSource(4).row(i), "row") for i in range(2)]
+  trainer_config.teacher.source = "model"
+  rollouts.teacher_pass(Sampler(), {}, tok, trainer_config.teacher, trainer_config.rollout,
+                        trainer_config.reward, hard, 0, images=loader)
+  (prompts, entries), = calls
+  image_id = tok.backend.token_to_id("<|image_pad|>")
+  for q, prompt, (pixels, grids) in zip(hard, prompts, entries):
+    assert grids == loader(q.images)[1][1]
+    assert prompt.count(image_id) == sum(t * h * w for t, h, w in grids) // 4
+
+
+def test_the_buffer_holds_image_keys_not_pixels(run):
+  trainer = run[0]
+  state = json.dumps(dataclasses.asdict(trainer.buffer), default=str)
+  assert visual.SCHEME in state and "pixel" not in state
+  for entry in trainer.buffer.entries:
+    assert all(ref.startswith(visual.SCHEME) for ref in entry.question["images"])
+
+
+def test_the_language_model_learns_after_image_prompts_and_the_tower_stays(run):
+  trainer, steps, tower, _ = run
+  for metrics, _, _ in steps:
+    assert np.isfinite(metrics["train/loss"]) and metrics["train/trained_rows"] > 0
+    # rows scored by the train step as the sampler saw them: same images, same positions
+    assert metrics["train/logprob_mismatch"] < 1e-4
+  after = jax.device_get(trainer.learner.tower)
+  jax.tree.map(np.testing.assert_array_equal, after, tower)
+  path = trainer.export()
+  config, params = qwen3_5.load_hf_checkpoint(path, vision=True)
+  assert config.vision is not None
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["visual"]), tower)
+  assert os.path.isfile(os.path.join(path, "tokenizer.json"))
+
+
+def test_image_questions_without_vision_are_refused(vlm_dirs, tmp_path):
+  c = _config(vlm_dirs, str(tmp_path))
+  c.vision.enabled = False
+  trainer = train.Trainer(c, str(tmp_path))
+  with pytest.raises(ValueError, match="has images .* config.vision.enabled is False"):
+    trainer.rl_step()

@@ -1,0 +1,82 @@
+"""A synthetic visual task: the arithmetic questions of `data.synthetic`, drawn into an image.
+
+The question text only says "Compute what the image shows."; the expression ("12+7") is drawn
+in a 5x7 pixel font, one character to a 16x16 cell (one vision token of the tiny VLM's
+8-pixel patches merged 2x2). Solving it takes reading the image, then the arithmetic the
+tiny student already does: a worked solution first writes what it read. An image is named by
+a key, `glyphs:<text>`, that `images.open_image` draws on demand: the buffer and checkpoints
+hold the key, no files are written, and any host draws the same pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from zppo_jax.data import synthetic
+
+SCHEME = "glyphs:"
+CELL, SCALE = 16, 2          # pixels per character cell; font pixels per glyph pixel
+QUESTION = "Compute what the image shows."
+# 5x7 glyphs, '#' = ink
+FONT = {
+    "0": (" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "),
+    "1": ("  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### "),
+    "2": (" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"),
+    "3": ("#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### "),
+    "4": ("   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "),
+    "5": ("#####", "#    ", "#### ", "    #", "    #", "#   #", " ### "),
+    "6": ("  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### "),
+    "7": ("#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   "),
+    "8": (" ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### "),
+    "9": (" ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  "),
+    "+": ("     ", "  #  ", "  #  ", "#####", "  #  ", "  #  ", "     "),
+    "-": ("     ", "     ", "     ", "#####", "     ", "     ", "     "),
+    "*": ("     ", "# # #", " ### ", "#####", " ### ", "# # #", "     "),
+}
+
+
+def render(text: str) -> Image.Image:
+  """`text` drawn black on white, one CELL x CELL cell per character; a character the font
+  lacks is an error naming it."""
+  unknown = sorted(set(text) - set(FONT))
+  if not text or unknown:
+    raise ValueError(f"{SCHEME}{text}: cannot draw {unknown or 'an empty text'} (the font has "
+                     f"{''.join(FONT)})")
+  pixels = np.full((CELL, CELL * len(text)), 255, np.uint8)
+  top, left = (CELL - 7 * SCALE) // 2, (CELL - 5 * SCALE) // 2
+  for i, char in enumerate(text):
+    glyph = np.asarray([[c == "#" for c in row] for row in FONT[char]])
+    ink = np.kron(glyph, np.ones((SCALE, SCALE), bool))
+    cell = pixels[top:top + 7 * SCALE, i * CELL + left:i * CELL + left + 5 * SCALE]
+    cell[ink] = 0
+  return Image.fromarray(pixels).convert("RGB")
+
+
+def open_key(reference: str) -> Image.Image | None:
+  """The image a `glyphs:` key names, or None for a reference of another kind."""
+  return render(reference[len(SCHEME):]) if reference.startswith(SCHEME) else None
+
+
+def _drawn(row: dict) -> dict:
+  """An arithmetic row as its visual question: the expression moves into the image, and
+  each solution first says what the image shows."""
+  expression = row["question"].removeprefix("Compute ").removesuffix(".")
+  seen = f"The image shows {expression}.\n"
+  return {**row, "id": "visual-" + row["id"], "question": QUESTION,
+          "images": [SCHEME + expression.replace(" ", "")],
+          "teacher_responses": [r.replace("<think>\n", "<think>\n" + seen, 1)
+                                for r in row.get("teacher_responses", [])]}
+
+
+class VisualArithmeticSource(synthetic.ArithmeticSource):
+  """`synthetic.ArithmeticSource`'s rows (the same levels, splits and solution styles, no
+  review rows), each drawn into an image (`_drawn`)."""
+  kind = "visual arithmetic"
+
+  def __init__(self, size: int, seed: int = 0, level_weights=(0.5, 0.35, 0.15),
+               split: str = "train", styles: tuple[str, ...] = ("worked",)):
+    super().__init__(size, seed, level_weights, split, styles)
+
+  def row(self, index: int) -> dict:
+    return _drawn(super().row(index))
