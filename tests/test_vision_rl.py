@@ -129,3 +129,46 @@ def test_image_questions_without_vision_are_refused(vlm_dirs, tmp_path):
   trainer = train.Trainer(c, str(tmp_path))
   with pytest.raises(ValueError, match="has images .* config.vision.enabled is False"):
     trainer.rl_step()
+
+
+def test_a_trained_tower_scores_as_the_frozen_one_and_learns(vlm_dirs, tmp_path):
+  """With vision.train_tower the train step runs the tower on each row's images: the same
+  log-probs as the frozen path's precomputed tokens, and one step moves the tower."""
+  from zppo_jax import logprobs
+  from zppo_jax.models.qwen3_5 import multimodal
+  c = _config(vlm_dirs, str(tmp_path))
+  c.vision.train_tower = True
+  c.train.optimizer.warmup_steps = 0
+  c.total_steps = 1
+  trainer = train.Trainer(c, str(tmp_path))
+  config, learner = trainer.model_config, trainer.learner
+  start = jax.device_get(learner.state.params["visual"])
+  metrics, groups, _ = trainer.rl_step()
+  assert metrics["train/trained_rows"] > 0 and metrics["train/logprob_mismatch"] < 1e-4
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                       jax.device_get(learner.state.params["visual"]), start)
+  assert max(jax.tree.leaves(moved)) > 0
+  # one chunk of two groups' rows, scored both ways at the same params
+  g1, g2 = groups[0], groups[1]
+  rows = [(g.prompt + g.completions[0], len(g.prompt), g.vision) for g in (g1, g2)]
+  length = max(len(r) for r, _, _ in rows)
+  tokens = np.zeros((2, length), np.int32)
+  mask = np.zeros((2, length), np.int32)
+  for i, (r, _, _) in enumerate(rows):
+    tokens[i, :len(r)], mask[i, :len(r)] = r, 1
+  fields = learner.vision_fields(tokens, mask, [n for _, n, _ in rows], [v for _, _, v in rows])
+  params = learner.state.params
+  vision_tokens = np.zeros(tokens.shape + (config.hidden_size,), np.float32)
+  for i, (_, _, v) in enumerate(rows):
+    vision_tokens[i] = np.asarray(multimodal.vision_tokens(config, params, tokens[i:i + 1],
+                                                           v[0], v[1]))[0]
+  kwargs = dict(positions=fields["positions"], vision_mask=fields["vision_mask"])
+  a = logprobs.token_scores(config, params, tokens, mask, tower_inputs={
+      k: v for k, v in fields.items() if k.startswith(multimodal.TOWER_PREFIX)}, **kwargs)
+  b = logprobs.token_scores(config, params, tokens, mask, vision_tokens=vision_tokens, **kwargs)
+  np.testing.assert_allclose(np.asarray(a["logprobs"]) * mask, np.asarray(b["logprobs"]) * mask,
+                             atol=1e-5)
+  path = trainer.export()
+  _, exported = qwen3_5.load_hf_checkpoint(path, vision=True)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(exported["visual"]),
+               jax.device_get(params["visual"]))

@@ -23,7 +23,9 @@ class Learner:
   """`state` (params and optimizer state on the mesh) and its programs, from the run config's
   `train`, `student.dtype`, `num_iterations` and `seed`. A vision-language student's frozen
   tower (`tower`, params["visual"] of the checkpoint) stays out of the state: it has no
-  optimizer moments, and the train step takes its tokens as inputs (`vision_fields`)."""
+  optimizer moments, and the train step takes its tokens as inputs (`vision_fields`). A
+  tower that trains (`config.vision.train_tower`) comes in `params["visual"]`: it is in the
+  state, and the train step runs it on each row's images."""
 
   def __init__(self, config, method: Method, mesh, rules, policies: Policies, params,
                tower=None):
@@ -31,8 +33,12 @@ class Learner:
     self.mesh, self.rules = mesh, rules  # arrays are placed by the logical-axis rules
     train_cfg, model_config = config.train, policies.config
     self.optimizer = ts.make_optimizer(train_cfg.optimizer)
+    self.train_tower = "visual" in params
+    if self.train_tower and tower is not None:
+      raise ValueError("the vision tower is either trained (in params) or frozen (tower)")
     self.shardings = ts.state_shardings(model_config, self.optimizer, mesh, rules,
-                                        param_dtype=jnp.dtype(config.student.dtype))
+                                        param_dtype=jnp.dtype(config.student.dtype),
+                                        tower=self.train_tower)
     self.state = ts.init_state(params, self.optimizer, config.seed, self.shardings)
     self.step_fn = ts.TrainStep(model_config, self.optimizer, train_cfg, mesh, self.shardings,
                                 rules)
@@ -46,7 +52,7 @@ class Learner:
     self.tower = tower
     self._sampling_tower = None if tower is None else jax.tree.map(
         lambda p: p.astype(compute), tower)
-    if method.teacher == LOGPROBS and tower is not None:
+    if method.teacher == LOGPROBS and (tower is not None or self.train_tower):
       raise ValueError(f"config.method={config.method!r} scores the teacher's log-probs, which "
                        "after image prompts need the teacher's own vision tokens: not supported "
                        "with config.vision.enabled")
@@ -79,7 +85,11 @@ class Learner:
     ids = np.where(placeholder & ~in_prompt, -1, tokens)   # -1: read as text
     grids = [tuple(g) for v in visions if v is not None for g in v[1]]
     positions = model.multimodal_positions(config, ids, attention_mask, grids or None)
-    out = np.zeros(tokens.shape + (config.hidden_size,), np.float32)
+    out = {"vision_mask": placeholder & in_prompt,
+           "positions": np.ascontiguousarray(np.moveaxis(positions, 0, -1))}
+    if self.train_tower:  # the tower runs in the train step, on every row's images
+      return {**out, **model.multimodal_tower_inputs(config, visions)}
+    vision_tokens = np.zeros(tokens.shape + (config.hidden_size,), np.float32)
     params = {"embed": self.state.params["embed"], "visual": self.tower}
     done = {}
     for r, v in enumerate(visions):
@@ -88,9 +98,8 @@ class Learner:
       if id(v) not in done:
         done[id(v)] = np.asarray(model.multimodal_vision_tokens(
             config, params, ids[r:r + 1], v[0], v[1]), np.float32)[0]
-      out[r] = done[id(v)]
-    return {"vision_tokens": out, "vision_mask": placeholder & in_prompt,
-            "positions": np.ascontiguousarray(np.moveaxis(positions, 0, -1))}
+      vision_tokens[r] = done[id(v)]
+    return {**out, "vision_tokens": vision_tokens}
 
   def _scorers(self) -> list[tuple[str, object, dict]]:
     """(field, jitted score program, params) of each other policy's log-probs the loss
@@ -136,7 +145,7 @@ class Learner:
     self.step_fn.precompile(self.state, chunks)
 
   def _vision_fields(self):
-    return None if self.tower is None else self.vision_fields
+    return self.vision_fields if self.tower is not None or self.train_tower else None
 
   # -- the update ----------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ def _chunk_scores(config, params, h, targets, topk_ids, with_entropy):
 
 def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int = 256,
                  topk_ids=None, with_entropy: bool = True, delta_chunk_size: int = 64,
-                 remat: str = "none", vision_tokens=None, positions=None, vision_mask=None):
+                 remat: str = "none", vision_tokens=None, positions=None, vision_mask=None,
+                 tower_inputs=None):
   """Log-probs of each token given the ones before it.
 
   Args:
@@ -42,11 +43,16 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
     vision_tokens: [B, T, D] image / video tokens at their placeholders (prompts with
       images; `multimodal.vision_tokens`), with `positions` [B, T, 3] their rotary positions
       and `vision_mask` [B, T] the placeholders they take (default: every placeholder id).
+    tower_inputs: instead of `vision_tokens`, the tower's inputs per row ("tower_*" fields):
+      the tower (params["visual"]) runs here, and is trained through them.
   Returns:
     {"logprobs": [B, T], "entropy": [B, T] (if asked), "topk_logprobs": [B, T, K] (if
     topk_ids)}, entry t scoring token t; position 0 (no context) is 0.
   """
   model = models.of(config)
+  if tower_inputs:
+    vision_tokens = model.multimodal_tower_tokens(config, params["visual"], tower_inputs,
+                                                  vision_mask)
   embeddings = (None if vision_tokens is None else
                 model.multimodal_place(config, params, tokens, vision_tokens, vision_mask))
   h = model.hidden_states(config, params, tokens, attention_mask, chunk_size=delta_chunk_size,

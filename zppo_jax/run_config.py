@@ -185,10 +185,12 @@ def base_config() -> ml_collections.ConfigDict:
       max_rounds=0)             # ... and top up with up to this many extra batches of new
                                 #     questions while fewer than questions_per_step remain
 
-  # Vision-language runs: the student's (and teacher's) vision tower loaded, frozen; each
+  # Vision-language runs: the student's (and teacher's) vision tower loaded; each
   # question's images before its prompts (the question's, its BCQ's and NCQ's).
   c.vision = dict(
       enabled=False,
+      train_tower=False,        # False: the student's tower is frozen (the train step takes
+                                # its tokens); True: trained with the language model
       min_pixels=0,             # image pixel bounds; 0 = the checkpoint's processor's
       max_pixels=0,
       cache_images=256)         # decoded images kept (a revisited question reads its once)
@@ -268,6 +270,8 @@ def validate(config, process_count: int = 1):
     raise ValueError("config.student.init='random' has no checkpoint to take a tokenizer from: "
                      "set config.tokenizer")
   check("data.long_questions", config.data.long_questions, LONG_QUESTIONS)
+  if config.vision.train_tower and not config.vision.enabled:
+    raise ValueError("config.vision.train_tower=True needs config.vision.enabled=True")
   ranges = [("buffer.threshold", config.buffer.threshold, 0 < config.buffer.threshold <= 1,
              "in (0, 1]"),
             ("buffer.replay_per_step", config.buffer.replay_per_step,

@@ -48,7 +48,8 @@ class Trainer:
     self.model_config, params = policies.load(config.model.family, config.student, self.mesh,
                                               self.rules, seed=config.seed,
                                               vision=config.vision.enabled)
-    tower = params.pop("visual", None)   # frozen: not trained, not in the train state
+    # a frozen tower is not in the train state (no moments); a trained one is (train_tower)
+    tower = None if config.vision.train_tower else params.pop("visual", None)
     reformulates = self.method.reformulates and bool(config.zppo.bcq or config.zppo.ncq)
     self.prompt_limit = stages.prompt_limit(config.rollout, config.zppo, reformulates,
                                             self.model_config.max_position_embeddings)

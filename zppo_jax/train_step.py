@@ -12,8 +12,10 @@ convention):
   and, by loss: advantages [R], old_logprobs / sampler_logprobs / ref_logprobs /
   teacher_logprobs [R, T], teacher_topk_ids / teacher_topk_logprobs [R, T, K],
   off_policy / truncated [R]; rows after image prompts: vision_tokens [R, T, D] (the frozen
-  tower's tokens at the placeholders), vision_mask [R, T] (which tokens are the prompt's
-  placeholders) and positions [R, T, 3] (multimodal rotary positions).
+  tower's tokens at the placeholders) or, when the tower trains, its inputs per row
+  (tower_pixel_values [R, N, P], tower_frames, ...: `multimodal.tower_inputs`), vision_mask
+  [R, T] (which tokens are the prompt's placeholders) and positions [R, T, 3] (multimodal
+  rotary positions).
 """
 
 from __future__ import annotations
@@ -72,11 +74,17 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def state_shardings(model_config, optimizer, mesh, rules=None,
-                    param_dtype=jnp.float32) -> TrainState:
-  """NamedShardings of the whole state: params by their logical axes, optimizer moments like
-  the params they belong to, counters and the key replicated."""
-  param_sharding = models.of(model_config).param_shardings(model_config, mesh, rules)
-  shapes = models.of(model_config).param_shapes(model_config, param_dtype)
+                    param_dtype=jnp.float32, tower: bool = False) -> TrainState:
+  """NamedShardings of the whole state: params by their logical axes (with `tower`, the
+  vision tower's too: it trains), optimizer moments like the params they belong to,
+  counters and the key replicated."""
+  model = models.of(model_config)
+  param_sharding = model.param_shardings(model_config, mesh, rules)
+  shapes = model.param_shapes(model_config, param_dtype)
+  if tower:
+    param_sharding["visual"] = model.vision_shardings(model_config, mesh, rules)
+    shapes["visual"] = jax.eval_shape(
+        lambda: model.vision_init(model_config, jax.random.key(0), param_dtype))
   replicated = NamedSharding(mesh, PartitionSpec())
   opt_sharding = optax.tree_map_params(
       optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, shapes), param_sharding,
@@ -118,17 +126,20 @@ def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
   """The policy's scores of the batch's tokens (`logprobs.token_scores`) in compute dtype."""
   dtype = jnp.dtype(cfg.compute_dtype)
 
-  def scores(params, tokens, attention_mask, topk_ids, vision_tokens, positions, vision_mask):
+  def scores(params, tokens, attention_mask, topk_ids, vision_tokens, positions, vision_mask,
+             tower_inputs):
     params = jax.tree.map(lambda p: p.astype(dtype), params)
     return logprobs_lib.token_scores(
         model_config, params, tokens, attention_mask, chunk_size=cfg.logprob_chunk,
         topk_ids=topk_ids, with_entropy=with_entropy, delta_chunk_size=cfg.delta_chunk_size,
         remat=cfg.remat, vision_tokens=vision_tokens, positions=positions,
-        vision_mask=vision_mask)
+        vision_mask=vision_mask, tower_inputs=tower_inputs)
 
-  # Rows after image prompts carry the frozen tower's tokens and their rotary positions.
+  # Rows after image prompts carry the frozen tower's tokens, or a trained tower's inputs
+  # ("tower_*"), and their rotary positions.
   inputs = (batch["tokens"], batch["attention_mask"], batch.get("teacher_topk_ids"),
-            batch.get("vision_tokens"), batch.get("positions"), batch.get("vision_mask"))
+            batch.get("vision_tokens"), batch.get("positions"), batch.get("vision_mask"),
+            {k: v for k, v in batch.items() if k.startswith("tower_")} or None)
   if batch_spec is not None:
     inputs = _split_rows(inputs, batch_spec)
     if sharding.explicit_axes(batch_spec.mesh):

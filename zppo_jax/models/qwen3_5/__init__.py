@@ -24,3 +24,5 @@ from zppo_jax.models.qwen3_5.multimodal import vision_tokens as multimodal_visio
 from zppo_jax.models.qwen3_5.multimodal import positions as multimodal_positions
 from zppo_jax.models.qwen3_5.multimodal import tower_init as vision_init
 from zppo_jax.models.qwen3_5.multimodal import tower_shardings as vision_shardings
+from zppo_jax.models.qwen3_5.multimodal import tower_inputs as multimodal_tower_inputs
+from zppo_jax.models.qwen3_5.multimodal import tower_tokens as multimodal_tower_tokens

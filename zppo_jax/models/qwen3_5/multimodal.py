@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -123,6 +124,40 @@ def vision_tokens(config: Qwen3_5Config, params, input_ids, pixel_values=None,
                        f"grids make {tokens.shape[0]}")
     out = out.at[rows, cols].set(tokens.astype(out.dtype))
   return out
+
+
+TOWER_PREFIX = "tower_"   # batch fields of the tower's inputs (a trainable tower's rows)
+
+
+def tower_inputs(config: Qwen3_5Config, visions: Sequence) -> dict[str, np.ndarray]:
+  """Per row, the tower's inputs for its prompt's images (`visions`: (pixel_values, grids)
+  or None), padded alike: `tower_<name>` [R, ...] for `pixel_values` and each `vision.layout`
+  array. A row without images gets masked padding. The train step runs the tower on them
+  (`tower_tokens`) when the tower trains."""
+  tower, unit = _tower(config), config.vision.spatial_merge_size ** 2
+  metas = [None if v is None else vision.layout(tower, [tuple(g) for g in v[1]])
+           for v in visions]
+  sizes = tuple(np.max([vision.padded_sizes(m, unit) for m in metas if m is not None] or
+                       [vision.padded_sizes(vision.layout(tower, [(1, 2, 2)]), unit)], axis=0))
+  rows = []
+  for v, meta in zip(visions, metas):
+    if meta is None:  # a dummy image, every key masked: its tokens are placed nowhere
+      meta = vision.layout(tower, [(1, 2, 2)])
+      meta["frame_mask"][:] = False
+      v = (np.zeros((4, tower.patch_dim), np.float32), None)
+    pixels, padded = vision.pad_layout(meta, np.asarray(v[0], np.float32), unit, sizes)
+    rows.append({"pixel_values": pixels, **padded})
+  return {TOWER_PREFIX + k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def tower_tokens(config: Qwen3_5Config, visual, inputs: dict, vision_mask_BxT):
+  """[B, T, D] the tower's tokens of each row's images (traceable; gradients reach the
+  tower), the k-th at the row's k-th placeholder of `vision_mask`."""
+  fields = {k[len(TOWER_PREFIX):]: v for k, v in inputs.items()}
+  per_row = jax.vmap(lambda f: vision.forward(config.vision, visual, **f))
+  tokens_BxMxD = per_row(fields)
+  index_BxT = jnp.clip(jnp.cumsum(vision_mask_BxT, axis=1) - 1, 0, tokens_BxMxD.shape[1] - 1)
+  return jnp.take_along_axis(tokens_BxMxD, index_BxT[..., None], axis=1)
 
 
 def place(config: Qwen3_5Config, params, input_ids, vision_tokens_BxTxD, is_vision=None):

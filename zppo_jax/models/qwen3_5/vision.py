@@ -237,14 +237,22 @@ def _bucket(n: int, least: int) -> int:
   return max(least, -(-n // step) * step)
 
 
-def pad_layout(meta: dict[str, np.ndarray], pixel_values, merge_unit: int):
+def padded_sizes(meta: dict[str, np.ndarray], merge_unit: int) -> tuple[int, int, int]:
+  """(patches, frames, frame length) of a layout rounded up to their buckets (`_bucket`)."""
+  n, (frames, longest) = len(meta["slots"]), meta["frames"].shape
+  return _bucket(n, 16 * merge_unit), _bucket(frames, 1), _bucket(longest, 16)
+
+
+def pad_layout(meta: dict[str, np.ndarray], pixel_values, merge_unit: int,
+               sizes: tuple[int, int, int] | None = None):
   """(pixel_values, layout) with the patch, frame and frame-length counts rounded up
-  (`_bucket`), so that images of other sizes reuse one compiled program. Padding frames and slots are
+  (`padded_sizes`, or at least to `sizes`: the train step pads every row of a chunk alike),
+  so that images of other sizes reuse one compiled program. Padding frames and slots are
   masked keys; padding patches belong to no frame (they read the first slot's output) and
   their tokens, past the real ones, are dropped."""
   n, (frames, longest) = len(meta["slots"]), meta["frames"].shape
-  rows = _bucket(n, 16 * merge_unit)
-  count, length = _bucket(frames, 1), _bucket(longest, 16)
+  rows, count, length = np.maximum(padded_sizes(meta, merge_unit),
+                                   0 if sizes is None else sizes).tolist()
   out = {"frames": np.zeros((count, length), np.int32),
          "frame_mask": np.zeros((count, length), bool), "slots": np.zeros(rows, np.int32)}
   out["frames"][:frames, :longest] = meta["frames"]
