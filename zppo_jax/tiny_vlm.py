@@ -8,7 +8,7 @@ every text id keeps its meaning), the embeddings gain rows for them, and a small
 (8-pixel patches: a 16x16 cell of `data.visual`'s drawings is one vision token) is attached.
 configs/tiny_vlm_sft.py then teaches the pair to read the drawn questions.
 
-    python -m zppo_jax.tiny_vlm            # grows zppo_jax/assets/tiny_vlm_{student,teacher}
+    python -m zppo_jax.tiny_vlm --out /tmp/tiny_vlm_grown   # <out>/student, <out>/teacher
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tokenizers
 
 from zppo_jax.data import tokenizer as tokenizer_lib
@@ -84,9 +83,12 @@ def grow(text_dir: str, out_dir: str, seed: int = 0) -> str:
 
 
 def main(argv):
-  del argv
+  import argparse
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default="/tmp/tiny_vlm_grown")
+  args = parser.parse_args(argv)
   for role in ("student", "teacher"):
-    print(grow(os.path.join(ASSETS, f"tiny_{role}"), os.path.join(ASSETS, f"tiny_vlm_{role}")))
+    print(grow(os.path.join(ASSETS, f"tiny_{role}"), os.path.join(args.out, role)))
 
 
 if __name__ == "__main__":
