@@ -169,9 +169,86 @@ def arc(row, where, index):
                   choices=tuple(options))
 
 
+# -- vision-language sets: images arrive as references (`image_fields`: keys into the row's
+# Parquet file or TFDS record, or paths), never pixels.
+
+SHORT_INSTRUCTION = "Answer with a single word or number, and put it within \\boxed{}."
+
+
+def _image_refs(row: dict, fields: tuple[str, ...], where: str) -> tuple[str, ...]:
+  refs = []
+  for field in fields:
+    value = row.get(field)
+    if value in (None, ""):
+      continue
+    if not isinstance(value, str):
+      raise DataError(f"{where}: image field {field!r} is neither an image nor a path")
+    refs.append(value)
+  return tuple(refs)
+
+
+def _free_or_choice(question: str, options, answer, where: str, free_instruction: str):
+  """(question text, gold, choices) of a row that is multiple choice when it has options."""
+  if options:
+    return _multiple_choice(question, options), _letter(answer, options, where, options), \
+        tuple(options)
+  return f"{question}\n{free_instruction}", str(answer).strip(), ()
+
+
+def mathvista(row, where, index):
+  """MathVista (AI4Math/MathVista): `question`, `choices` (multi_choice rows), gold =
+  `answer` (for multiple choice, the letter of that option); image = `decoded_image`, else the
+  `image` path; id = `pid`."""
+  options = row.get("choices") or []
+  options = _options(options, "choices", where) if options else []
+  question, answer, choices = _free_or_choice(
+      _field(row, ("question",), where), options, _field(row, ("answer",), where), where,
+      MATH_INSTRUCTION)
+  images = _image_refs(row, ("decoded_image",), where) or _image_refs(row, ("image",), where)
+  if not images:
+    raise DataError(f"{where}: no image (fields 'decoded_image' / 'image')")
+  return Question(id=str(row.get("pid", index)), question=question, answer=answer,
+                  choices=choices, images=images)
+
+
+def chartqa(row, where, index):
+  """ChartQA (HuggingFaceM4/ChartQA): `query`; gold = `label` (its first entry when a list);
+  image = `image`; id = row index."""
+  label = _field(row, ("label", "answer"), where)
+  label = label[0] if isinstance(label, list) and label else label
+  images = _image_refs(row, ("image",), where)
+  if not images:
+    raise DataError(f"{where}: no image (field 'image')")
+  return Question(id=str(index), question=f"{_field(row, ('query', 'question'), where)}\n"
+                  f"{SHORT_INSTRUCTION}", answer=str(label).strip(), images=images)
+
+
+def mmmu(row, where, index):
+  """MMMU (MMMU/MMMU): `question` (its `<image k>` tags kept as text), `options` (a list, or
+  its Python repr), gold = `answer` (a letter for multiple choice); images = `image_1` ...
+  `image_7` in order; id = `id`."""
+  import ast
+  options = row.get("options") or []
+  if isinstance(options, str):
+    try:
+      options = ast.literal_eval(options)
+    except (ValueError, SyntaxError):
+      raise DataError(f"{where}: field 'options' is not a list: {options[:60]!r}") from None
+  options = _options(options, "options", where) if options else []
+  if row.get("question_type") == "open":
+    options = []
+  question, answer, choices = _free_or_choice(
+      _field(row, ("question",), where), options, _field(row, ("answer",), where), where,
+      MATH_INSTRUCTION)
+  return Question(id=str(row.get("id", index)), question=question, answer=answer,
+                  choices=choices,
+                  images=_image_refs(row, tuple(f"image_{k}" for k in range(1, 8)), where))
+
+
 FORMATS: dict[str, Callable[[dict, str, int], Question]] = {
     "zppo": zppo, "gsm8k": gsm8k, "math500": math500, "aime": aime,
-    "math_dataset": math_dataset, "mmlu": mmlu, "mmlu_pro": mmlu_pro, "arc": arc}
+    "math_dataset": math_dataset, "mmlu": mmlu, "mmlu_pro": mmlu_pro, "arc": arc,
+    "mathvista": mathvista, "chartqa": chartqa, "mmmu": mmmu}
 # The format of TFDS datasets we know by name (others, e.g. huggingface:*, say `format=`).
 TFDS_FORMATS = {"gsm8k": "gsm8k", "math_dataset": "math_dataset", "ai2_arc": "arc"}
 

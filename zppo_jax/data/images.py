@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from zppo_jax.data import visual
+from zppo_jax.data import image_fields, visual
 from zppo_jax.data.tokenizer import IMAGE_PAD, VISION_END, VISION_START
 
 # OpenAI CLIP's channel statistics, the processor's default.
@@ -73,11 +73,12 @@ class ImageSettings:
 
 def open_image(reference: str, root: str = "") -> Image.Image:
   """The image a question's reference names: a key that draws it (`glyphs:12+7`,
-  `data.visual`), or a path, relative to `root` unless absolute. A missing or unreadable file
+  `data.visual`) or reads it from a dataset's row (`parquet:` / `tfds:`, `image_fields`), or
+  a path, relative to `root` unless absolute. A missing or unreadable file
   is an error naming the reference."""
-  drawn = visual.open_key(reference)
-  if drawn is not None:
-    return drawn
+  stored = visual.open_key(reference) or image_fields.open_key(reference)
+  if stored is not None:
+    return stored
   path = reference if os.path.isabs(reference) or not root else os.path.join(root, reference)
   try:
     with Image.open(path) as image:

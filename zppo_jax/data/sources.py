@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from zppo_jax.data import image_fields
 from zppo_jax.data.records import DataError, Question, decode, parse_row
 from zppo_jax.data.boxed import extract_boxed
 
@@ -56,7 +57,12 @@ class ParquetSource:
     return self._table.num_rows
 
   def __getitem__(self, index):
-    return self._table.slice(int(index), 1).to_pylist()[0], f"{self.path} row {int(index)}"
+    index, where = int(index), f"{self.path} row {int(index)}"
+    row = self._table.slice(index, 1).to_pylist()[0]
+    # images stored in the row (HF Image structs) become keys that read them back
+    return image_fields.to_references(
+        row, lambda field, k: image_fields.parquet_key(os.path.abspath(self.path), index, field, k),
+        where), where
 
 
 def _after_hashes(text: str) -> str:
@@ -110,6 +116,7 @@ class TfdsSource:
       raise ValueError(f"TFDS {name}: answer_format must be one of {sorted(ANSWER_FORMATS)}, "
                        f"got {answer_format!r}")
     self.name, self.split, self.id_field, self.choices_field = name, split, id_field, choices_field
+    self.data_dir, self.raw = data_dir, raw
     self.origin = f"TFDS dataset {name!r} split {split!r}"
     self._answer = ANSWER_FORMATS[answer_format]
     try:
@@ -133,7 +140,11 @@ class TfdsSource:
 
   def __getitem__(self, index):
     index = int(index)
-    return (index, self._data[index]), f"TFDS {self.name}/{self.split} record {index}"
+    where, record = f"TFDS {self.name}/{self.split} record {index}", self._data[index]
+    if self.raw:  # image features become keys that read them back (`image_fields`)
+      record = image_fields.to_references(record, lambda field, k: image_fields.tfds_key(
+          self.name, self.split, self.data_dir, index, field, k), where)
+    return (index, record), where
 
   def parse(self, item, where: str) -> Question:
     """A `Question` from a (index, record) pair; the pipeline calls this instead of
