@@ -16,7 +16,7 @@ import os
 from zppo_jax import run_config
 
 GROWN = "/tmp/tiny_vlm_grown"
-STEPS = {"student": 300, "teacher": 400}
+STEPS = {"student": 1000, "teacher": 1000}
 LEVELS = {"student": (0.5, 0.35, 0.15), "teacher": (0.3, 0.3, 0.25, 0.15)}
 
 
@@ -33,12 +33,12 @@ def get_config(role="student"):
   c.distill.student_rollouts = False
   c.questions_per_step = 32
   c.total_steps = STEPS[role]
-  c.train.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=20,
+  c.train.optimizer.update(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
                            total_steps=STEPS[role], weight_decay=0.01)
   c.rollout.max_prompt_tokens = 64
   c.train.update(chunk_rows=16, length_bucket=128, delta_chunk_size=32)  # CPU (tiny.py)
-  c.eval.update(benchmarks=("visual=synthetic:visual_heldout;limit=64",), every=100, k=2)
-  c.checkpoint.every = 100
+  c.eval.update(benchmarks=("visual=synthetic:visual_heldout;limit=64",), every=250, k=2)
+  c.checkpoint.every = 250
   c.log.samples_every = 0
   c.export.dir = f"{run_config.TINY_DIR}/tiny_vlm_{role}"
   return c

@@ -128,3 +128,9 @@ def test_drawn_arithmetic_questions_are_read_from_their_keys():
     images.open_image("glyphs:1/2")
   held = visual.VisualArithmeticSource(8, split="heldout")
   assert all(r["id"].startswith("visual-arith-heldout") for r in map(held.row, range(8)))
+
+
+def test_the_drawn_held_out_set_has_as_many_questions_as_asked():
+  """Every drawn question has the same text: they differ by their image."""
+  questions = benchmarks.load(benchmarks.parse_spec("v=synthetic:visual_heldout;limit=32"))
+  assert len(questions) == 32 == len({q.images for q in questions})

@@ -32,7 +32,8 @@ def load_policy(config, checkpoint: str, mesh, rules=None):
     raise ValueError("config.student.init='random' has no starting checkpoint: pass "
                      "--checkpoint")
   model_config, params = policies.load(config.model.family, config.student, mesh, rules,
-                                       checkpoint=checkpoint, vision=config.vision.enabled)
+                                       checkpoint=checkpoint, vision=config.vision.enabled,
+                                       trained_tower=config.vision.train_tower)
   if checkpoint and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
     tokenizer_dir = checkpoint
   return model_config, params, tokenizer_dir

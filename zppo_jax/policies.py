@@ -35,13 +35,14 @@ def architecture(family: str, policy_cfg, what: str = "student"):
 
 
 def load(family: str, policy_cfg, mesh, rules=None, *, seed: int = 0, checkpoint: str = "",
-         what: str = "student", vision: bool = False):
+         what: str = "student", vision: bool = False, trained_tower: bool = False):
   """(model config, params placed on `mesh`) of a policy slice (`config.student` or
   `config.teacher`: path, dtype[, init, architecture]), placed by the logical-axis `rules`;
   `checkpoint`, when given, is a HF directory or a run's workdir whose newest checkpoint
   holds the params instead. With `vision` the params hold the vision tower too
   (params["visual"]): a run's checkpoints hold only what it trains, so a frozen tower comes
-  from the policy slice (its checkpoint, or its random init)."""
+  from the policy slice (its checkpoint, or its random init), a trained one
+  (`trained_tower`, config.vision.train_tower) from the run's checkpoint."""
   model, dtype = models.get(family), jnp.dtype(policy_cfg.dtype)
   init = policy_cfg.get("init", "checkpoint")
   if init not in INITS:
@@ -65,13 +66,20 @@ def load(family: str, policy_cfg, mesh, rules=None, *, seed: int = 0, checkpoint
     directory = os.path.join(checkpoint, "checkpoints")
     directory = directory if os.path.isdir(directory) else checkpoint
     model_config = architecture(family, policy_cfg, what)
-    abstract = checkpointing.abstract(model.param_shapes(model_config, dtype),
-                                      model.param_shardings(model_config, mesh, rules))
-    found = checkpointing.restore_latest_params(directory, abstract)
+    shapes = model.param_shapes(model_config, dtype)
+    shardings = model.param_shardings(model_config, mesh, rules)
+    if vision and trained_tower:
+      shapes["visual"] = jax.eval_shape(lambda: model.vision_init(model_config,
+                                                                  jax.random.key(0), dtype))
+      shardings["visual"] = model.vision_shardings(model_config, mesh, rules)
+    found = checkpointing.restore_latest_params(directory,
+                                                checkpointing.abstract(shapes, shardings))
     if found is None:
       raise FileNotFoundError(f"--checkpoint {checkpoint}: neither a Hugging Face checkpoint "
                               f"(config.json) nor a directory with orbax checkpoints")
     params = found[1]
+    if "visual" in params:
+      return model_config, params
   elif init == "random":
     model_config = architecture(family, policy_cfg, what)
     params = jax.jit(lambda: model.init_params(model_config, jax.random.key(seed), dtype),

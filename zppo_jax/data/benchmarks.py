@@ -302,11 +302,12 @@ def parse_spec(spec: str) -> Benchmark:
 
 
 def _unique(rows, limit: int) -> list[Question]:
-  """The first `limit` rows with distinct question texts."""
+  """The first `limit` rows with distinct questions (text and images)."""
   out, seen = [], set()
   for row in rows:
-    if row["question"] not in seen:
-      seen.add(row["question"])
+    key = (row["question"], tuple(row.get("images", ())))
+    if key not in seen:
+      seen.add(key)
       out.append(parse_row(row, row["id"]))
       if len(out) == limit:
         break
