@@ -12,6 +12,7 @@ import pytest
 
 from zppo_jax import run_config
 from zppo_jax.data.records import Question
+from zppo_jax.sampler import padded_size
 from zppo_jax.rl import losses, methods, rollouts, stages
 from zppo_jax.rl.rollouts import BCQ, NCQ, ORIGINAL
 
@@ -53,6 +54,12 @@ def test_sample_shapes_are_fixed_by_the_config():
   assert shapes["reformulated"] == {"rows": (8, 16), "prompt_slots": 512}
   assert rollouts.call_shape(shapes["reformulated"], 5) == {"rows": 8, "prompt_slots": 512}
   assert rollouts.call_shape(shapes["questions"], 9)["rows"] == 0  # past the most: own bucket
+  # a vision-language run's prompts hold their images' tokens too (config.vision.max_tokens)
+  shapes = stages.sample_shapes(c.questions_per_step, c.buffer, c.zppo, True,
+                                c.rollout.max_prompt_tokens, prompt_overhead=10,
+                                vision_tokens=16)
+  assert shapes["questions"]["prompt_slots"] == padded_size(64 + 16, 16) >= 80
+  assert shapes["reformulated"]["prompt_slots"] == padded_size(368 + 10 + 16, 16) >= 394
 
 
 def _config(**zppo):
@@ -120,7 +127,7 @@ def test_every_config_validates(path):
   module = run_config.config_module(os.path.basename(path))
   config = module.get_config()
   run_config.validate(config)
-  if os.path.basename(path) in ("tiny.py", "tiny_sft.py"):
+  if os.path.basename(path) in ("tiny.py", "tiny_sft.py", "tiny_vlm.py", "tiny_vlm_sft.py"):
     return
   for arg in ("size=0.8b", "size=9b,mesh=gpu_8xh100", "buffer"):
     big = module.get_config(arg)
@@ -136,6 +143,13 @@ def test_method_options():
   assert run_config.method_config("on_policy_distill", "buffer").buffer.enabled is True
   with pytest.raises(ValueError, match="unknown config option"):
     run_config.method_config("zppo", "capacty=7")
+  vlm = run_config.method_config("zppo", "size=0.8b,vlm,root=/ckpt")
+  assert vlm.vision.enabled and not vlm.vision.train_tower and vlm.vision.max_tokens > 0
+  assert vlm.data.source == "/ckpt/data/vlm_train.parquet"
+  assert [b.split(";format=")[1] for b in vlm.eval.benchmarks] == ["mathvista", "chartqa", "mmmu"]
+  run_config.validate(vlm)
+  with pytest.raises(ValueError, match="the vlm option needs size="):
+    run_config.method_config("zppo", "vlm")
   c = run_config.method_config("grpo")
   c.zppo.bcq = True
   with pytest.raises(ValueError, match="zppo.bcq/ncq are on, but method 'grpo'"):

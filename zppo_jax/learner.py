@@ -188,11 +188,12 @@ class Learner:
 
 def longest_row(config, method: Method, prompt_overhead: int) -> int:
   """The longest train row the config bounds: a BCQ/NCQ prompt (or a question, when
-  `rollout.max_prompt_tokens` is set) and the longest completion (a teacher response, for
+  `rollout.max_prompt_tokens` is set) with its images' tokens, and the longest completion (a teacher response, for
   methods that train on one)."""
   reformulates = method.reformulates and (config.zppo.bcq or config.zppo.ncq)
   prompt = max(config.zppo.max_prompt_tokens if reformulates else 0,
-               config.rollout.max_prompt_tokens) + prompt_overhead
+               config.rollout.max_prompt_tokens) + prompt_overhead + (
+                   config.vision.max_tokens if config.vision.enabled else 0)
   teacher = method.teacher_in_group or method.teacher_answers_all
   return prompt + max(config.rollout.max_new_tokens,
                       config.teacher.max_new_tokens if teacher else 0)

@@ -193,7 +193,9 @@ def base_config() -> ml_collections.ConfigDict:
                                 # its tokens); True: trained with the language model
       min_pixels=0,             # image pixel bounds; 0 = the checkpoint's processor's
       max_pixels=0,
-      cache_images=256)         # decoded images kept (a revisited question reads its once)
+      cache_images=256,         # decoded images kept (a revisited question reads its once)
+      max_tokens=0)             # vision tokens a question's images take at most: the fixed
+                                # prompt shapes hold them (more compiles another shape)
 
   c.num_iterations = 1          # optimisation passes over one rollout batch (PPO epochs)
   c.train = train_config()
@@ -320,7 +322,7 @@ def _method(c, name: str, buffer: bool):
   c.train.loss.name = method.loss
 
 
-ABLATIONS = ("bcq_only", "ncq_only", "ncq_always", "capacity", "threshold", "buffer")
+ABLATIONS = ("bcq_only", "ncq_only", "ncq_always", "capacity", "threshold", "buffer", "vlm")
 
 
 def method_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -332,6 +334,7 @@ def method_config(name: str, arg: str | None = None) -> ml_collections.ConfigDic
     mesh=cpu|gpu_8xh100|tpu_v5p|tpu_v6e
     buffer               the † variant of a baseline (same replay buffer as ZPPO)
     bcq_only, ncq_only, ncq_always, capacity=N, threshold=X   ZPPO ablations
+    vlm                  with size=: the paper's vision-language setting (`_vision_scale`)
   """
   opts = _options(arg)
   unknown = set(opts) - set(ABLATIONS) - {"size", "mesh", "root"}
@@ -350,8 +353,12 @@ def method_config(name: str, arg: str | None = None) -> ml_collections.ConfigDic
     c.buffer.capacity = int(opts["capacity"])
   if "threshold" in opts:
     c.buffer.threshold = float(opts["threshold"])
+  if "vlm" in opts and "size" not in opts:
+    raise ValueError("the vlm option needs size= (configs/tiny_vlm.py is the tiny one)")
   if "size" in opts:
     _real_scale(c, opts["size"], opts.get("root", "/checkpoints"), opts.get("mesh", "tpu_v5p"))
+    if "vlm" in opts:
+      _vision_scale(c, opts.get("root", "/checkpoints"))
   elif "mesh" in opts:
     c.mesh.shape = MESHES[opts["mesh"]]
   return c
@@ -386,3 +393,17 @@ def _real_scale(c, size: str, root: str, mesh: str):
                 every=50, k=4, temperature=0.6, top_p=0.95, batch_size=256)
   c.mesh.shape = MESHES[mesh]
   c.checkpoint.every = 20
+
+
+def _vision_scale(c, root: str):
+  """The paper's main setting: student and teacher as the vision-language models their
+  repositories are (towers loaded, the student's frozen), image questions in training, the
+  VLM benchmarks in evaluation. The files are the Hugging Face datasets' Parquet files,
+  downloaded beforehand (training rows: our own format with an `images` column)."""
+  data = os.path.join(root, "data")
+  c.vision.update(enabled=True, max_pixels=512 * 32 * 32, max_tokens=1040)  # 2 images
+  c.data.source = os.path.join(data, "vlm_train.parquet")
+  c.eval.benchmarks = (
+      f"mathvista={data}/mathvista_testmini.parquet;format=mathvista",
+      f"chartqa={data}/chartqa_test.parquet;format=chartqa",
+      f"mmmu={data}/mmmu_validation.parquet;format=mmmu")

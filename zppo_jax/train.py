@@ -58,7 +58,8 @@ class Trainer:
                                                    [""])[0])
     self.sample_shapes = stages.sample_shapes(
         config.questions_per_step, config.buffer, config.zppo, reformulates,
-        config.rollout.max_prompt_tokens, self.prompt_overhead)
+        config.rollout.max_prompt_tokens, self.prompt_overhead,
+        config.vision.max_tokens if config.vision.enabled else 0)
     self.learner = learner.Learner(config, self.method, self.mesh, self.rules, self.policies,
                                    params, tower)
     self.data_errors = pipeline.ErrorCounter()  # complete once the dataset is made

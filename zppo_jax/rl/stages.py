@@ -109,22 +109,25 @@ def prompt_limit(rollout_cfg, zppo_cfg, reformulates: bool, max_position_embeddi
 
 
 def sample_shapes(questions_per_step: int, buffer_cfg, zppo_cfg, reformulates: bool,
-                  max_prompt_tokens: int, prompt_overhead: int) -> dict[str, dict]:
+                  max_prompt_tokens: int, prompt_overhead: int, vision_tokens: int = 0
+                  ) -> dict[str, dict]:
   """The shapes of the step's sampler calls, fixed by the config: prompt rows from two
   row buckets (half or all of the most a call can have: questions_per_step + replay_per_step
   questions, and for BCQ/NCQ prompts as many as the hard ones can make); prompt slots that
   hold `max_prompt_tokens` (rollout.max_prompt_tokens, when set; else the prompts' own
   length buckets), and for BCQ/NCQ prompts zppo.max_prompt_tokens plus the chat template's
-  `prompt_overhead`. Varying counts then reuse a few compiled programs."""
+  `prompt_overhead`; both with room for `vision_tokens` (config.vision.max_tokens, the most
+  a question's images take). Varying counts then reuse a few compiled programs."""
   most = questions_per_step + (buffer_cfg.replay_per_step if buffer_cfg.enabled else 0)
   per_question = ((zppo_cfg.bcq_per_question if zppo_cfg.bcq else 0)
                   + (1 if zppo_cfg.ncq else 0)) if reformulates else 0
   row_buckets = lambda rows: tuple(sorted({max(1, rows // 2), rows}))
-  slots = padded_size(max_prompt_tokens, 16) if max_prompt_tokens else 0
+  slots = padded_size(max_prompt_tokens + vision_tokens, 16) if max_prompt_tokens else 0
   return {"questions": dict(rows=row_buckets(most), prompt_slots=slots),
           "reformulated": dict(rows=row_buckets(most * max(per_question, 1)),
                                prompt_slots=padded_size(
-                                   zppo_cfg.max_prompt_tokens + prompt_overhead, 16))}
+                                   zppo_cfg.max_prompt_tokens + prompt_overhead
+                                   + vision_tokens, 16))}
 
 
 # ------------------------------------------------------------------------------ teacher in prompts
