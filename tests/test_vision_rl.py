@@ -172,3 +172,30 @@ def test_a_trained_tower_scores_as_the_frozen_one_and_learns(vlm_dirs, tmp_path)
   _, exported = qwen3_5.load_hf_checkpoint(path, vision=True)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(exported["visual"]),
                jax.device_get(params["visual"]))
+
+
+def test_transformers_answers_a_drawn_question_as_our_sampler_does(vlm_dirs):
+  """The tiny VLM repository (config.json, safetensors, tokenizer, preprocessor config) is
+  one transformers loads as Qwen3_5ForConditionalGeneration, and its greedy answer to a
+  drawn question's chat prompt equals zppo_jax's sampler's."""
+  import torch
+  import transformers
+  from zppo_jax.models.qwen3_5 import multimodal
+  from zppo_jax.sampler import Sampler
+  path = vlm_dirs["student"]
+  model = transformers.Qwen3_5ForConditionalGeneration.from_pretrained(path).eval()
+  config, params = qwen3_5.load_hf_checkpoint(path, vision=True)
+  tok = Tokenizer.load(path)
+  loader = images.PromptImages(images.ImageSettings.load(path))
+  q = parse_row(visual.VisualArithmeticSource(4).row(1), "row")
+  text, (pixels, grids) = loader(q.images)
+  prompt = tok.encode_prompt(q.question, vision=text)
+  with torch.no_grad():
+    want = model.generate(
+        input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
+        pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor(grids),
+        mm_token_type_ids=torch.tensor(multimodal.token_types(config, [prompt])),
+        max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+  got = Sampler(config).generate(params, [prompt], max_new_tokens=12, temperature=0.0,
+                                 images=[(pixels, grids)])
+  assert got.tokens[0] == want.tolist()

@@ -66,7 +66,7 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
 
   def roll_out(items, stage_seed):
     return rollouts.roll_out(held.sampler, params, tok, config.rollout, config.reward, items,
-                             stage_seed)
+                             stage_seed, images=held.images)
 
   groups = []
   for start in range(0, num_questions, 32):  # sampler calls of a modest size
@@ -76,7 +76,7 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
   hard = [x for x in groups if x.accuracy < config.buffer.threshold]
   solutions = rollouts.teacher_pass(held.teacher_sampler, held.teacher_params, tok,
                                     config.teacher, config.rollout, config.reward,
-                                    [x.question for x in hard], seed + 1)
+                                    [x.question for x in hard], seed + 1, images=held.images)
   rng = np.random.default_rng(seed)
   reformulated, _ = stages.reformulate(config.zppo, hard, solutions, rng, tok.count_tokens)
   extra = []
