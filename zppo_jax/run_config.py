@@ -130,6 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
                                 # (worked | direct; data.synthetic.ArithmeticSource)
       review_fraction=0.0,      # synthetic: share of rows that show candidate solutions
                                 # in their question (how the tiny student learns to read them)
+      read_fraction=0.0,        # synthetic:visual: share of rows that only ask what the
+                                # image shows (how the tiny VLMs learn to read it)
       format="",                # "" = our own rows (or a TFDS preset); else a row format of
                                 # data.benchmarks (gsm8k, math500, aime, mmlu, mmlu_pro, arc, ...)
       tfds_data_dir="",

@@ -18,6 +18,7 @@ from zppo_jax.data import synthetic
 SCHEME = "glyphs:"
 CELL, SCALE = 16, 2          # pixels per character cell; font pixels per glyph pixel
 QUESTION = "Compute what the image shows."
+READ = "Write what the image shows."
 # 5x7 glyphs, '#' = ink
 FONT = {
     "0": (" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "),
@@ -69,14 +70,31 @@ def _drawn(row: dict) -> dict:
                                 for r in row.get("teacher_responses", [])]}
 
 
+def _read(row: dict) -> dict:
+  """A drawn row that asks only to read the image: the answer is the expression as drawn."""
+  drawn = _drawn(row)
+  expression = drawn["images"][0][len(SCHEME):]
+  spaced = expression[0] + "".join(f" {c} " if c in "+-*" else c for c in expression[1:])
+  return {**drawn, "id": drawn["id"] + "-read", "question": READ, "answer": expression,
+          "teacher_responses": [f"<think>\nThe image shows {spaced}.\n</think>\nThe image "
+                                f"shows $\\boxed{{{expression}}}$."]}
+
+
 class VisualArithmeticSource(synthetic.ArithmeticSource):
   """`synthetic.ArithmeticSource`'s rows (the same levels, splits and solution styles, no
-  review rows), each drawn into an image (`_drawn`)."""
+  review rows), each drawn into an image (`_drawn`); with `read_fraction`, that share of rows
+  asks only what the image shows (`_read`: how a model's SFT teaches it to read them)."""
   kind = "visual arithmetic"
 
   def __init__(self, size: int, seed: int = 0, level_weights=(0.5, 0.35, 0.15),
-               split: str = "train", styles: tuple[str, ...] = ("worked",)):
+               split: str = "train", styles: tuple[str, ...] = ("worked",),
+               read_fraction: float = 0.0):
     super().__init__(size, seed, level_weights, split, styles)
+    if not 0.0 <= read_fraction <= 1.0:
+      raise ValueError(f"synthetic:visual read_fraction must be in [0, 1], got {read_fraction}")
+    self.read_fraction = float(read_fraction)
 
   def row(self, index: int) -> dict:
-    return _drawn(super().row(index))
+    row = super().row(index)
+    read = np.random.default_rng([self.seed, index, 3]).random() < self.read_fraction
+    return _read(row) if read else _drawn(row)
