@@ -134,3 +134,18 @@ def test_the_drawn_held_out_set_has_as_many_questions_as_asked():
   """Every drawn question has the same text: they differ by their image."""
   questions = benchmarks.load(benchmarks.parse_spec("v=synthetic:visual_heldout;limit=32"))
   assert len(questions) == 32 == len({q.images for q in questions})
+
+
+def test_reading_rows_ask_what_the_image_shows():
+  from zppo_jax.rl import rewards
+  source = visual.VisualArithmeticSource(64, read_fraction=0.5)
+  rows = [source.row(i) for i in range(64)]
+  read = [r for r in rows if r["question"] == visual.READ]
+  assert 16 < len(read) < 48
+  for r in read:   # the gold is the drawing itself, and the solution says it
+    assert r["answer"] == r["images"][0][len(visual.SCHEME):] and r["id"].endswith("-read")
+  grader = rewards.Grader()
+  assert grader.rewards([r["teacher_responses"][0] for r in read],
+                        [r["answer"] for r in read]).min() == 1.0
+  with pytest.raises(ValueError, match="read_fraction must be in"):
+    visual.VisualArithmeticSource(4, read_fraction=2.0)
