@@ -199,3 +199,18 @@ def test_transformers_answers_a_drawn_question_as_our_sampler_does(vlm_dirs):
   got = Sampler(config).generate(params, [prompt], max_new_tokens=12, temperature=0.0,
                                  images=[(pixels, grids)])
   assert got.tokens[0] == want.tolist()
+
+
+def test_a_runs_checkpoint_evaluates_with_the_frozen_tower_of_its_student(run):
+  """A run's checkpoints hold what it trains; `policies.load(checkpoint=workdir,
+  vision=True)` (zppo_jax.evaluate) takes the frozen tower from the student's repository."""
+  from zppo_jax import policies
+  trainer, _, tower, workdir = run
+  trainer.save(force=True)
+  trainer.checkpointer.close()
+  config = trainer.config
+  _, params = policies.load(config.model.family, config.student, trainer.mesh, trainer.rules,
+                            checkpoint=workdir, vision=True)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["visual"]), tower)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["embed"]),
+               jax.device_get(trainer.learner.state.params["embed"]))

@@ -162,7 +162,8 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
   prefix = TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE] if any(
       k.startswith(TEXT_PREFIXES[config_lib.MULTIMODAL_MODEL_TYPE]) for k in files
   ) else TEXT_PREFIXES[config_lib.TEXT_MODEL_TYPE]
-  tables = [(param_specs(config), config, _expected(config, prefix), ())] if text else []
+  text_table = (param_specs(config), config, _expected(config, prefix), ())
+  tables = [text_table] if text else []
   if vision:
     if config.vision is None:
       raise CheckpointError(f"{path}: vision=True, but its config.json has no vision_config")
@@ -171,7 +172,9 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, mesh=None,
                    ("visual",)))
   np_dtype = np.dtype(dtype)
   with _open_all(files.values()) as handles, _on_host():
-    _check(path, config, {k: v for _, _, e, _ in tables for k, v in e.items()}, files, handles)
+    # the file is checked whole (the text tensors too when only the tower is read)
+    checked = tables if text else [text_table] + tables
+    _check(path, config, {k: v for _, _, e, _ in checked for k, v in e.items()}, files, handles)
     flat = {}
     for specs, table_config, expected, root in tables:
       targets = None if mesh is None else traverse_util.flatten_dict(
