@@ -285,6 +285,8 @@ def claims(collected: dict) -> tuple[str, list[dict]]:
       if a not in final or b not in final:
         continue
       shared = [s for s in final[a] if s in final[b]]
+      if not shared or any(key not in final[x][shared[0]] for x in (a, b)):
+        continue  # a set this comparison does not evaluate (other set names)
       diff = stats.paired_ci([final[a][s][key] for s in shared],
                              [final[b][s][key] for s in shared])
       here = f"{_pct(diff, True)} over {len(shared)} seeds"
