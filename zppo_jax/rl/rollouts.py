@@ -123,15 +123,15 @@ def roll_out(sampler, params, tok: Tokenizer, rollout_cfg, reward_cfg,
   g = rollout_cfg.group_size
   visions, entries = vision_inputs(images, [q for _, q, _, _ in items])
   ids = prompt_ids(tok, rollout_cfg, [user for _, _, user, _ in items], visions)
-  entries = entries or [None] * len(items)
+  vision = entries or [None] * len(items)   # per group: its prompt's images, or None
   if not student_rollouts:
     return [Group(kind, q, p, [], [], [], [], np.zeros(0, np.float32), np.zeros(0, bool), rep,
                   entry)
-            for (kind, q, _, rep), p, entry in zip(items, ids, entries)]
+            for (kind, q, _, rep), p, entry in zip(items, ids, vision)]
   out, texts = sample(sampler, params, tok, ids, enable_thinking=rollout_cfg.enable_thinking,
                       num_samples=g, seed=seed, max_new_tokens=rollout_cfg.max_new_tokens,
                       temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                      images=entries if any(e is not None for e in entries) else None,
+                      images=entries,
                       **call_shape(shape, len(items)))
   scores = grade(texts, [q.answer for _, q, _, _ in items for _ in range(g)], reward_cfg)
   groups = []
@@ -139,7 +139,7 @@ def roll_out(sampler, params, tok: Tokenizer, rollout_cfg, reward_cfg,
     rows = slice(i * g, (i + 1) * g)
     groups.append(Group(kind, q, ids[i], out.tokens[rows], out.logprobs[rows],
                         [r == LENGTH for r in out.finish_reason[rows]], texts[rows],
-                        scores[rows], np.zeros(g, bool), replayed, entries[i]))
+                        scores[rows], np.zeros(g, bool), replayed, vision[i]))
   return groups
 
 
