@@ -17,7 +17,7 @@ from zppo_jax.data.records import parse_row
 from zppo_jax.data.tokenizer import Tokenizer
 from zppo_jax.models import qwen3_5
 from zppo_jax.rl import rollouts
-from zppo_jax.sampler import LENGTH, Completions
+from zppo_jax.sampler import LENGTH, Completions, padded_size
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,13 @@ def test_the_language_model_learns_after_image_prompts_and_the_tower_stays(run):
     assert np.isfinite(metrics["train/loss"]) and metrics["train/trained_rows"] > 0
     # rows scored by the train step as the sampler saw them: same images, same positions
     assert metrics["train/logprob_mismatch"] < 1e-4
+  # the frozen tower's tokens travel compact: one per placeholder, not one per position
+  g = steps[0][1][0]
+  row = np.array([g.prompt + g.completions[0]])
+  fields = trainer.learner.vision_fields(row, np.ones_like(row), [len(g.prompt)], [g.vision])
+  placeholders = g.prompt.count(trainer.model_config.image_token_id)
+  assert fields["vision_tokens"].shape == (1, padded_size(placeholders, 16),
+                                           trainer.model_config.hidden_size)
   after = jax.device_get(trainer.learner.tower)
   jax.tree.map(np.testing.assert_array_equal, after, tower)
   path = trainer.export()
@@ -158,10 +165,10 @@ def test_a_trained_tower_scores_as_the_frozen_one_and_learns(vlm_dirs, tmp_path)
     tokens[i, :len(r)], mask[i, :len(r)] = r, 1
   fields = learner.vision_fields(tokens, mask, [n for _, n, _ in rows], [v for _, _, v in rows])
   params = learner.state.params
-  vision_tokens = np.zeros(tokens.shape + (config.hidden_size,), np.float32)
-  for i, (_, _, v) in enumerate(rows):
-    vision_tokens[i] = np.asarray(multimodal.vision_tokens(config, params, tokens[i:i + 1],
-                                                           v[0], v[1]))[0]
+  slots = int(fields["vision_mask"].sum(1).max())
+  vision_tokens = np.concatenate([np.asarray(multimodal.vision_tokens(
+      config, params, tokens[i:i + 1], v[0], v[1], slots=slots)) for i, (_, _, v) in
+      enumerate(rows)])
   kwargs = dict(positions=fields["positions"], vision_mask=fields["vision_mask"])
   a = logprobs.token_scores(config, params, tokens, mask, tower_inputs={
       k: v for k, v in fields.items() if k.startswith(multimodal.TOWER_PREFIX)}, **kwargs)

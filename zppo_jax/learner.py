@@ -17,6 +17,7 @@ from zppo_jax.policies import Policies
 from zppo_jax.rl import batching, losses, stages
 from zppo_jax.rl.methods import LOGPROBS, Method
 from zppo_jax.rl.rollouts import Group
+from zppo_jax.sampler import padded_size
 
 
 class Learner:
@@ -74,10 +75,11 @@ class Learner:
     return params if self.tower is None else {**params, "visual": self._sampling_tower}
 
   def vision_fields(self, tokens, attention_mask, prompt_lengths, visions) -> dict:
-    """A chunk's `vision_tokens` [R, T, D] (the frozen tower's tokens at each row's image
-    placeholders, encoded once per prompt: a group's rows share it), `vision_mask` [R, T]
-    (the prompts' placeholders; a placeholder id sampled in a completion stays text, as it
-    was when sampled) and `positions` [R, T, 3] (multimodal rotary positions), for
+    """A chunk's `vision_tokens` [R, M, D] (the frozen tower's tokens, the k-th for a row's
+    k-th placeholder, encoded once per prompt: a group's rows share it; M: room for
+    `config.vision.max_tokens`, one shape for every chunk), `vision_mask` [R, T] (the
+    prompts' placeholders; a placeholder id sampled in a completion stays text, as it was
+    when sampled) and `positions` [R, T, 3] (multimodal rotary positions), for
     `batching.make_chunks`."""
     model, config = models.of(self.policies.config), self.policies.config
     in_prompt = np.arange(tokens.shape[1])[None, :] < np.asarray(prompt_lengths)[:, None]
@@ -85,11 +87,14 @@ class Learner:
     ids = np.where(placeholder & ~in_prompt, -1, tokens)   # -1: read as text
     grids = [tuple(g) for v in visions if v is not None for g in v[1]]
     positions = model.multimodal_positions(config, ids, attention_mask, grids or None)
-    out = {"vision_mask": placeholder & in_prompt,
+    vision_mask = placeholder & in_prompt
+    out = {"vision_mask": vision_mask,
            "positions": np.ascontiguousarray(np.moveaxis(positions, 0, -1))}
     if self.train_tower:  # the tower runs in the train step, on every row's images
       return {**out, **model.multimodal_tower_inputs(config, visions)}
-    vision_tokens = np.zeros(tokens.shape + (config.hidden_size,), np.float32)
+    need, room = int(vision_mask.sum(1).max(initial=0)), self.config.vision.max_tokens
+    slots = max(room, 1) if need <= room else padded_size(need, 16)   # more: another shape
+    vision_tokens = np.zeros((len(tokens), slots, config.hidden_size), np.float32)
     params = {"embed": self.state.params["embed"], "visual": self.tower}
     done = {}
     for r, v in enumerate(visions):
@@ -97,7 +102,7 @@ class Learner:
         continue
       if id(v) not in done:
         done[id(v)] = np.asarray(model.multimodal_vision_tokens(
-            config, params, ids[r:r + 1], v[0], v[1]), np.float32)[0]
+            config, params, ids[r:r + 1], v[0], v[1], slots=slots), np.float32)[0]
       vision_tokens[r] = done[id(v)]
     return {**out, "vision_tokens": vision_tokens}
 

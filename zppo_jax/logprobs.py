@@ -40,9 +40,10 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
     chunk_size: sequence positions per head chunk (memory ~ B * chunk_size * vocab * 4).
     topk_ids: optional [B, T, K] ids whose log-probs are also wanted (teacher top-k).
     delta_chunk_size, remat: passed to the model (`hidden_states`).
-    vision_tokens: [B, T, D] image / video tokens at their placeholders (prompts with
-      images; `multimodal.vision_tokens`), with `positions` [B, T, 3] their rotary positions
-      and `vision_mask` [B, T] the placeholders they take (default: every placeholder id).
+    vision_tokens: [B, M, D] each row's image / video tokens, the k-th for its k-th
+      placeholder (prompts with images; `multimodal.vision_tokens`), with `positions`
+      [B, T, 3] the rotary positions and `vision_mask` [B, T] the placeholders they take
+      (default: every placeholder id).
     tower_inputs: instead of `vision_tokens`, the tower's inputs per row ("tower_*" fields):
       the tower (params["visual"]) runs here, and is trained through them.
   Returns:
@@ -51,8 +52,7 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
   """
   model = models.of(config)
   if tower_inputs:
-    vision_tokens = model.multimodal_tower_tokens(config, params["visual"], tower_inputs,
-                                                  vision_mask)
+    vision_tokens = model.multimodal_tower_tokens(config, params["visual"], tower_inputs)
   embeddings = (None if vision_tokens is None else
                 model.multimodal_place(config, params, tokens, vision_tokens, vision_mask))
   h = model.hidden_states(config, params, tokens, attention_mask, chunk_size=delta_chunk_size,

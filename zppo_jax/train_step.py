@@ -11,8 +11,8 @@ convention):
   tokens [R, T] int32, attention_mask [R, T], loss_mask [R, T], row_weights [R] (`weigh_rows`);
   and, by loss: advantages [R], old_logprobs / sampler_logprobs / ref_logprobs /
   teacher_logprobs [R, T], teacher_topk_ids / teacher_topk_logprobs [R, T, K],
-  off_policy / truncated [R]; rows after image prompts: vision_tokens [R, T, D] (the frozen
-  tower's tokens at the placeholders) or, when the tower trains, its inputs per row
+  off_policy / truncated [R]; rows after image prompts: vision_tokens [R, M, D] (the frozen
+  tower's tokens, the k-th for a row's k-th placeholder) or, when the tower trains, its inputs per row
   (tower_pixel_values [R, N, P], tower_frames, ...: `multimodal.tower_inputs`), vision_mask
   [R, T] (which tokens are the prompt's placeholders) and positions [R, T, 3] (multimodal
   rotary positions).

@@ -101,13 +101,18 @@ def positions(config: Qwen3_5Config, input_ids, attention_mask=None,
 
 
 def vision_tokens(config: Qwen3_5Config, params, input_ids, pixel_values=None,
-                  image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
-  """[B, T, D] the vision tower's tokens (`params["visual"]`) at the image / video
-  placeholders of `input_ids`, in reading order, zeros elsewhere: what `place` puts into
-  the token embeddings. A frozen tower's output, computed once per prompt, is an input of
-  the train step like the tokens (batch field `vision_tokens`)."""
+                  image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None, *,
+                  slots: int = 0):
+  """[B, M, D] the vision tower's tokens (`params["visual"]`) of each row, the k-th for the
+  row's k-th image / video placeholder of `input_ids` in reading order, zeros after its
+  last (M: the most placeholders in a row, at least `slots`): what `place` puts into the
+  token embeddings. Compact, not [B, T, D]: a frozen tower's output, computed once per
+  prompt, is an input of the train step like the tokens (batch field `vision_tokens`)."""
   ids = np.asarray(input_ids)
-  out = jnp.zeros(ids.shape + (config.hidden_size,), params["embed"].dtype)
+  is_vision = (ids == config.image_token_id) | (ids == config.video_token_id)
+  slot = np.cumsum(is_vision, axis=1) - 1      # a placeholder's index among its row's
+  out = jnp.zeros((ids.shape[0], max(slots, int(is_vision.sum(1).max(initial=0)), 1),
+                   config.hidden_size), params["embed"].dtype)
   for token, pixels, grids, name in ((config.image_token_id, pixel_values, image_grid_thw,
                                       "image"),
                                      (config.video_token_id, pixel_values_videos,
@@ -122,7 +127,7 @@ def vision_tokens(config: Qwen3_5Config, params, input_ids, pixel_values=None,
     if len(rows) != tokens.shape[0]:
       raise ValueError(f"{len(rows)} {name} placeholder tokens in input_ids, but the {name} "
                        f"grids make {tokens.shape[0]}")
-    out = out.at[rows, cols].set(tokens.astype(out.dtype))
+    out = out.at[rows, slot[rows, cols]].set(tokens.astype(out.dtype))
   return out
 
 
@@ -150,25 +155,25 @@ def tower_inputs(config: Qwen3_5Config, visions: Sequence) -> dict[str, np.ndarr
   return {TOWER_PREFIX + k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def tower_tokens(config: Qwen3_5Config, visual, inputs: dict, vision_mask_BxT):
-  """[B, T, D] the tower's tokens of each row's images (traceable; gradients reach the
-  tower), the k-th at the row's k-th placeholder of `vision_mask`."""
+def tower_tokens(config: Qwen3_5Config, visual, inputs: dict):
+  """[B, M, D] the tower's tokens of each row's images (traceable; gradients reach the
+  tower), in `vision_tokens`' compact form."""
   fields = {k[len(TOWER_PREFIX):]: v for k, v in inputs.items()}
-  per_row = jax.vmap(lambda f: vision.forward(config.vision, visual, **f))
-  tokens_BxMxD = per_row(fields)
-  index_BxT = jnp.clip(jnp.cumsum(vision_mask_BxT, axis=1) - 1, 0, tokens_BxMxD.shape[1] - 1)
-  return jnp.take_along_axis(tokens_BxMxD, index_BxT[..., None], axis=1)
+  return jax.vmap(lambda f: vision.forward(config.vision, visual, **f))(fields)
 
 
-def place(config: Qwen3_5Config, params, input_ids, vision_tokens_BxTxD, is_vision=None):
-  """[B, T, D] input embeddings: the tokens' own, and at the placeholders the vision tokens
-  (traceable: the train step's form; gradients reach the token embeddings, not the tower).
+def place(config: Qwen3_5Config, params, input_ids, vision_tokens_BxMxD, is_vision=None):
+  """[B, T, D] input embeddings: the tokens' own, and at a row's k-th placeholder its k-th
+  vision token (`vision_tokens`' compact form; traceable: the train step's form; gradients
+  reach the token embeddings, and the tower's when it made them in the step).
   `is_vision` [B, T] names the placeholders (a train row's prompt: a placeholder id the
   policy sampled in its completion is text, as it was when sampled); default: every one."""
   if is_vision is None:
     is_vision = ((input_ids == config.image_token_id) | (input_ids == config.video_token_id))
   own = jnp.take(params["embed"], input_ids, axis=0)
-  return jnp.where(is_vision[..., None], vision_tokens_BxTxD.astype(own.dtype), own)
+  slot_BxT = jnp.clip(jnp.cumsum(is_vision, axis=1) - 1, 0, vision_tokens_BxMxD.shape[1] - 1)
+  placed = jnp.take_along_axis(vision_tokens_BxMxD, slot_BxT[..., None], axis=1)
+  return jnp.where(is_vision[..., None], placed.astype(own.dtype), own)
 
 
 def embed(config: Qwen3_5Config, params, input_ids, pixel_values=None, image_grid_thw=None,
