@@ -2,6 +2,9 @@
 torchvision, which has no wheel for this CPU torch): frame sampling, the clip's size rule,
 the patch layout with temporal padding, the timestamps and the prompt text."""
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 
@@ -68,3 +71,44 @@ def test_timestamps_and_prompt_text():
 def test_a_clip_too_short_is_named():
   with pytest.raises(ValueError, match="a clip of 1 frames: at least 2"):
     video.preprocess([np.zeros((64, 64, 3), np.uint8)], SETTINGS)
+
+
+def test_a_questions_videos_are_references_read_as_frames(tmp_path):
+  """A row's `videos` are references: a directory of frames (name order) or "|"-joined
+  frame references, with an optional rate; the loader puts each clip's frames behind their
+  timestamps after the images, one (1, h, w) grid per temporal patch."""
+  from PIL import Image
+  from zppo_jax.data import images
+  from zppo_jax.data.records import DataError, parse_row
+  rng = np.random.default_rng(0)
+  frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+  os.makedirs(tmp_path / "clip")
+  for i, f in reversed(list(enumerate(frames))):  # written out of order: read by name
+    Image.fromarray(f).save(tmp_path / "clip" / f"{i:03d}.png")
+  (tmp_path / "clip" / "notes.txt").write_text("not a frame")
+  q = parse_row({"id": 1, "question": "What moves?", "answer": "0",
+                 "videos": ["clip|fps=2", "|".join(f"clip/{i:03d}.png" for i in range(4))]},
+                "row 1")
+  read, fps = video.open_clip(q.videos[0], str(tmp_path))
+  assert fps == 2.0 and [np.asarray(x).tolist() for x in read] == [f.tolist() for f in frames]
+  assert video.open_clip(q.videos[1], str(tmp_path))[1] is None
+  loader = images.PromptImages(images.ImageSettings(), str(tmp_path), video=SETTINGS)
+  text, (pixels, grids) = loader((), q.videos[:1])
+  patches, grid = video.preprocess(frames, SETTINGS)
+  assert grids == [(1,) + grid[1:]] * grid[0]
+  np.testing.assert_array_equal(pixels, patches)
+  assert text == video.placeholder(grid, video.timestamps(range(4), 2.0, 2), 2)
+  from zppo_jax.rl import replay_buffer, stages
+  state, _ = replay_buffer.update(replay_buffer.BufferState(), [(dataclasses.asdict(q), 0.0)],
+                                  0, threshold=0.5, capacity=4)
+  assert stages.as_question(replay_buffer.from_json(replay_buffer.to_json(state))
+                            .entries[0].question) == q
+  with pytest.raises(ValueError, match="no video processor settings"):
+    images.PromptImages(images.ImageSettings())((), q.videos)
+  with pytest.raises(ValueError, match="fps= must be a positive number"):
+    video.open_clip("clip|fps=fast", str(tmp_path))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="holds no frame images"):
+    video.open_clip("empty", str(tmp_path))
+  with pytest.raises(DataError, match="field 'videos' must be a list of strings"):
+    parse_row({"id": 2, "question": "q", "answer": "1", "videos": "clip"}, "row 2")

@@ -181,27 +181,44 @@ def test_a_trained_tower_scores_as_the_frozen_one_and_learns(vlm_dirs, tmp_path)
                jax.device_get(params["visual"]))
 
 
-def test_transformers_answers_a_drawn_question_as_our_sampler_does(vlm_dirs):
-  """The tiny VLM repository (config.json, safetensors, tokenizer, preprocessor config) is
-  one transformers loads as Qwen3_5ForConditionalGeneration, and its greedy answer to a
-  drawn question's chat prompt equals zppo_jax's sampler's."""
+def _video_question(index: int):
+  """A drawn question shown as a clip instead: its image as 4 frames at 2 fps."""
+  q = parse_row(visual.VisualArithmeticSource(4).row(index), "row")
+  return dataclasses.replace(q, images=(), videos=("|".join(q.images * 4) + "|fps=2",))
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_transformers_answers_a_drawn_question_as_our_sampler_does(vlm_dirs, kind):
+  """The tiny VLM repository (config.json, safetensors, tokenizer, image and video processor
+  configs) is one transformers loads as Qwen3_5ForConditionalGeneration, and its greedy
+  answer to a drawn question's chat prompt, with the question as an image or as a clip
+  (frames behind their timestamps), equals zppo_jax's sampler's."""
   import torch
   import transformers
+  from zppo_jax.data.video import VideoSettings
   from zppo_jax.models.qwen3_5 import multimodal
   from zppo_jax.sampler import Sampler
   path = vlm_dirs["student"]
   model = transformers.Qwen3_5ForConditionalGeneration.from_pretrained(path).eval()
   config, params = qwen3_5.load_hf_checkpoint(path, vision=True)
   tok = Tokenizer.load(path)
-  loader = images.PromptImages(images.ImageSettings.load(path))
+  loader = images.PromptImages(images.ImageSettings.load(path),
+                               video=VideoSettings.load(path))
   q = parse_row(visual.VisualArithmeticSource(4).row(1), "row")
-  text, (pixels, grids) = loader(q.images)
+  if kind == "video":
+    q = _video_question(1)
+  text, (pixels, grids) = loader(q.images, q.videos)
   prompt = tok.encode_prompt(q.question, vision=text)
+  if kind == "image":
+    inputs = dict(pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor(grids))
+  else:  # transformers takes the clip's grid whole: (temporal patches, h, w)
+    assert len(set(grids)) == 1 and len(grids) == 2 and "seconds>" in text
+    inputs = dict(pixel_values_videos=torch.from_numpy(pixels),
+                  video_grid_thw=torch.tensor([(len(grids),) + grids[0][1:]]))
   with torch.no_grad():
     want = model.generate(
         input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
-        pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor(grids),
-        mm_token_type_ids=torch.tensor(multimodal.token_types(config, [prompt])),
+        mm_token_type_ids=torch.tensor(multimodal.token_types(config, [prompt])), **inputs,
         max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):]
   got = Sampler(config).generate(params, [prompt], max_new_tokens=12, temperature=0.0,
                                  images=[(pixels, grids)])
@@ -221,3 +238,21 @@ def test_a_runs_checkpoint_evaluates_with_the_frozen_tower_of_its_student(run):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["visual"]), tower)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["embed"]),
                jax.device_get(trainer.learner.state.params["embed"]))
+
+
+def test_video_questions_train_as_the_sampler_saw_them(run):
+  """A question with a clip: its frames' placeholders (behind their timestamps) in the
+  prompt, sampled, and scored by the train step as the sampler saw them."""
+  trainer = run[0]
+  c, config = trainer.config, trainer.model_config
+  questions = [_video_question(i) for i in range(4)]
+  groups = rollouts.roll_out(
+      trainer.policies.sampler, trainer.learner.sampling_params(), trainer.policies.tokenizer,
+      c.rollout, c.reward, [(rollouts.ORIGINAL, q, q.question, False) for q in questions], 0,
+      images=trainer.policies.images)
+  for g in groups:
+    _, grids = g.vision
+    assert g.prompt.count(config.image_token_id) == 0
+    assert g.prompt.count(config.video_token_id) == sum(t * h * w for t, h, w in grids) // 4
+  metrics = trainer.learner.update(groups)
+  assert metrics["train/trained_rows"] > 0 and metrics["train/logprob_mismatch"] < 1e-4

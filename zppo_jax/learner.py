@@ -86,7 +86,9 @@ class Learner:
     placeholder = np.isin(tokens, (config.image_token_id, config.video_token_id))
     ids = np.where(placeholder & ~in_prompt, -1, tokens)   # -1: read as text
     grids = [tuple(g) for v in visions if v is not None for g in v[1]]
-    positions = model.multimodal_positions(config, ids, attention_mask, grids or None)
+    by_kind = model.multimodal_inputs(config, ids, None, grids)   # images and video frames
+    positions = model.multimodal_positions(config, ids, attention_mask,
+                                           by_kind["image_grid_thw"], by_kind["video_grid_thw"])
     vision_mask = placeholder & in_prompt
     out = {"vision_mask": vision_mask,
            "positions": np.ascontiguousarray(np.moveaxis(positions, 0, -1))}
@@ -101,8 +103,10 @@ class Learner:
       if v is None:
         continue
       if id(v) not in done:
+        row = ids[r:r + 1]
         done[id(v)] = np.asarray(model.multimodal_vision_tokens(
-            config, params, ids[r:r + 1], v[0], v[1], slots=slots), np.float32)[0]
+            config, params, row, **model.multimodal_inputs(config, row, v[0], v[1]),
+            slots=slots), np.float32)[0]
       vision_tokens[r] = done[id(v)]
     return {**out, "vision_tokens": vision_tokens}
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from zppo_jax import checkpointing, models
 from zppo_jax.data import images as images_lib
 from zppo_jax.data.images import PromptImages
-from zppo_jax.data.tokenizer import IMAGE_PAD, Tokenizer
+from zppo_jax.data.tokenizer import IMAGE_PAD, VIDEO_PAD, Tokenizer
+from zppo_jax.data.video import VideoSettings
 from zppo_jax.sampler import Sampler
 
 INITS = ("checkpoint", "random")
@@ -137,13 +138,15 @@ def load_all(config, mesh, rules, student_config, student_params) -> Policies:
 
 def prompt_images(vision_cfg, image_root: str, model_config, path: str, tokenizer
                   ) -> PromptImages:
-  """The image loader of `config.vision` for a model: its checkpoint's processor settings
-  (or its tower's), pixel bounds where the config sets them, and a tokenizer that spells
-  the vision tokens with the model's ids."""
+  """The image and video loader of `config.vision` for a model: its checkpoint's image and
+  video processor settings (or its tower's), image pixel bounds where the config sets them,
+  and a tokenizer that spells the vision tokens with the model's ids."""
   bounds = {k: vision_cfg[k] for k in ("min_pixels", "max_pixels") if vision_cfg[k]}
   settings = images_lib.ImageSettings.for_model(model_config.vision, path, **bounds)
-  got = tokenizer.backend.token_to_id(IMAGE_PAD)
-  if got != model_config.image_token_id:
-    raise ValueError(f"tokenizer {tokenizer.name}: {IMAGE_PAD} is id {got}, but the model's "
-                     f"config.json has image_token_id={model_config.image_token_id}")
-  return PromptImages(settings, image_root, vision_cfg.cache_images)
+  for token, field in ((IMAGE_PAD, "image_token_id"), (VIDEO_PAD, "video_token_id")):
+    got, want = tokenizer.backend.token_to_id(token), getattr(model_config, field)
+    if got != want:
+      raise ValueError(f"tokenizer {tokenizer.name}: {token} is id {got}, but the model's "
+                       f"config.json has {field}={want}")
+  return PromptImages(settings, image_root, vision_cfg.cache_images,
+                      video=VideoSettings.for_model(model_config.vision, path))

@@ -330,8 +330,8 @@ class Sampler:
     cannot hold takes its own buckets instead.
 
     `images`: per prompt, None or (pixel_values [patches, patch_dim], grids [(t, h, w), ...])
-    of the images its placeholder tokens stand for, in order (`data.images`; the params hold
-    the vision tower). The tower runs once per prompt and the prefill (shared by the
+    of the images and video frames its placeholder tokens stand for, in order
+    (`data.images.PromptImages`; the params hold the vision tower). The tower runs once per prompt and the prefill (shared by the
     `num_samples` samples) places its tokens; decoding continues after the multimodal
     positions.
     """
@@ -378,9 +378,11 @@ class Sampler:
       grids = [tuple(g) for x in given for g in x[1]]
       if tower is None:
         raise ValueError("images were given, but the params hold no vision tower ('visual')")
-      embeddings = self.model.multimodal_embeddings(c, {**params, "visual": tower}, ids, pixels,
-                                                    grids)
-      positions = self.model.multimodal_positions(c, ids, mask, grids)
+      inputs = self.model.multimodal_inputs(c, ids, pixels, grids)
+      embeddings = self.model.multimodal_embeddings(c, {**params, "visual": tower}, ids,
+                                                    **inputs)
+      positions = self.model.multimodal_positions(c, ids, mask, inputs["image_grid_thw"],
+                                                  inputs["video_grid_thw"])
       vision_inputs = (self._put(np.asarray(embeddings), ("batch", None, None)),
                        self._put(positions, (None, "batch", None)))
       prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype, True)

@@ -37,6 +37,12 @@ PROCESSOR = dict(image_processor_type="Qwen2VLImageProcessor", patch_size=8,
                  temporal_patch_size=2, merge_size=2, min_pixels=16 * 16,
                  max_pixels=16 * 16 * 64, image_mean=[0.48145466, 0.4578275, 0.40821073],
                  image_std=[0.26862954, 0.26130258, 0.27577711])
+# video_preprocessor_config.json: clips of 2-8 frames of a drawn question's size
+VIDEO_PROCESSOR = dict(video_processor_type="Qwen3VLVideoProcessor", patch_size=8,
+                       temporal_patch_size=2, merge_size=2, fps=2.0, min_frames=2,
+                       max_frames=8, size=dict(shortest_edge=2 * 16 * 16,
+                                               longest_edge=8 * 16 * 64),
+                       image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
 def vision_tokenizer(text_dir: str) -> tokenizers.Tokenizer:
@@ -77,8 +83,10 @@ def grow(text_dir: str, out_dir: str, seed: int = 0) -> str:
     params["lm_head"] = extend(params["lm_head"].T, key_head).T
   qwen3_5.save_hf_checkpoint(out_dir, config, params)
   tok.save(os.path.join(out_dir, "tokenizer.json"), pretty=False)
-  with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
-    json.dump(PROCESSOR, f, indent=2)
+  for name, doc in (("preprocessor_config.json", PROCESSOR),
+                    ("video_preprocessor_config.json", VIDEO_PROCESSOR)):
+    with open(os.path.join(out_dir, name), "w") as f:
+      json.dump(doc, f, indent=2)
   return out_dir
 
 

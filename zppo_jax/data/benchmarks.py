@@ -302,10 +302,10 @@ def parse_spec(spec: str) -> Benchmark:
 
 
 def _unique(rows, limit: int) -> list[Question]:
-  """The first `limit` rows with distinct questions (text and images)."""
+  """The first `limit` rows with distinct questions (text, images and videos)."""
   out, seen = [], set()
   for row in rows:
-    key = (row["question"], tuple(row.get("images", ())))
+    key = (row["question"], tuple(row.get("images", ())), tuple(row.get("videos", ())))
     if key not in seen:
       seen.add(key)
       out.append(parse_row(row, row["id"]))

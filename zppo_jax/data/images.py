@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from zppo_jax.data import image_fields, visual
+from zppo_jax.data import video as video_lib
 from zppo_jax.data.tokenizer import IMAGE_PAD, VISION_END, VISION_START
 
 # OpenAI CLIP's channel statistics, the processor's default.
@@ -58,17 +59,23 @@ class ImageSettings:
     processor's defaults (or `bounds`: min_pixels, max_pixels); a file that disagrees with
     the tower is an error naming the field."""
     file = os.path.join(path, "preprocessor_config.json") if path else ""
-    settings = cls.load(file) if file and os.path.isfile(file) else cls(
-        patch_size=tower.patch_size, temporal_patch_size=tower.temporal_patch_size,
-        merge_size=tower.spatial_merge_size)
-    settings = dataclasses.replace(settings, **bounds)
-    for field, want in (("patch_size", tower.patch_size),
-                        ("temporal_patch_size", tower.temporal_patch_size),
-                        ("merge_size", tower.spatial_merge_size)):
-      if getattr(settings, field) != want:
-        raise ValueError(f"{file}: {field}={getattr(settings, field)}, but the vision tower's "
-                         f"{want} (config.json vision_config)")
-    return settings
+    return dataclasses.replace(settings_for(cls, tower, file), **bounds)
+
+
+def settings_for(cls, tower, file: str):
+  """`cls` (ImageSettings, video.VideoSettings) from `file` when it exists, else with the
+  tower's patch sizes and the processor's defaults; a file that disagrees with the tower
+  is an error naming the field."""
+  settings = cls.load(file) if file and os.path.isfile(file) else cls(
+      patch_size=tower.patch_size, temporal_patch_size=tower.temporal_patch_size,
+      merge_size=tower.spatial_merge_size)
+  for field, want in (("patch_size", tower.patch_size),
+                      ("temporal_patch_size", tower.temporal_patch_size),
+                      ("merge_size", tower.spatial_merge_size)):
+    if getattr(settings, field) != want:
+      raise ValueError(f"{file}: {field}={getattr(settings, field)}, but the vision tower's "
+                       f"{want} (config.json vision_config)")
+  return settings
 
 
 def open_image(reference: str, root: str = "") -> Image.Image:
@@ -142,22 +149,38 @@ def placeholder(grid: tuple[int, int, int], merge_size: int) -> str:
 
 
 class PromptImages:
-  """A question's image references -> (placeholder text, sampler entry), the decoded and
-  resized patches of the last `cache_size` images kept: a buffered question revisited many
-  times, and its BCQ/NCQ prompts, read their files once. The buffer holds only the references."""
+  """A question's image and video references -> (placeholder text, sampler entry), the
+  decoded and resized patches of the last `cache_size` images and clips kept: a buffered
+  question revisited many times, and its BCQ/NCQ prompts, read their files once. The buffer
+  holds only the references. `video`: the video processor's settings (`video.VideoSettings`;
+  None: videos are refused)."""
 
-  def __init__(self, settings: ImageSettings, root: str = "", cache_size: int = 256):
-    self.settings, self.root = settings, root
-    self._patches = functools.lru_cache(maxsize=max(cache_size, 0))(self._load)
+  def __init__(self, settings: ImageSettings, root: str = "", cache_size: int = 256,
+               video=None):
+    self.settings, self.root, self.video = settings, root, video
+    cache = functools.lru_cache(maxsize=max(cache_size, 0))
+    self._patches, self._clips = cache(self._load), cache(self._load_clip)
 
   def _load(self, reference: str):
     return preprocess(open_image(reference, self.root), self.settings)
 
-  def __call__(self, references) -> tuple[str, tuple[np.ndarray, list] | None]:
-    """(placeholder text before the question, (pixel_values, grids)); no references:
-    ("", None)."""
-    if not references:
+  def _load_clip(self, reference: str):
+    return video_lib.clip(reference, self.video, self.root)
+
+  def __call__(self, references, videos=()) -> tuple[str, tuple[np.ndarray, list] | None]:
+    """(placeholder text before the question: its images', then its videos'; (pixel_values,
+    grids) in that order, a video as one (1, h, w) grid per temporal patch, as its frames
+    stand in the prompt); no references: ("", None)."""
+    if not references and not videos:
       return "", None
-    patches, grids = zip(*(self._patches(r) for r in references))
-    text = "".join(placeholder(g, self.settings.merge_size) for g in grids)
-    return text, (np.concatenate(patches), list(grids))
+    if videos and self.video is None:
+      raise ValueError(f"videos {list(videos)[:2]}, but no video processor settings were given")
+    pieces = [self._patches(r) for r in references]
+    text = "".join(placeholder(g, self.settings.merge_size) for _, g in pieces)
+    patches, grids = [p for p, _ in pieces], [g for _, g in pieces]
+    for reference in videos:
+      pixels, (gt, gh, gw), seconds = self._clips(reference)
+      text += video_lib.placeholder((gt, gh, gw), seconds, self.video.merge_size)
+      patches.append(pixels)
+      grids += [(1, gh, gw)] * gt
+    return text, (np.concatenate(patches), grids)

@@ -21,6 +21,8 @@ class Question:
   images: tuple[str, ...] = ()               # image references (paths, `images.open_image`),
                                              # never pixels: the buffer and checkpoints hold
                                              # these strings
+  videos: tuple[str, ...] = ()               # video references (`video.open_clip`): frame
+                                             # directories or "|"-joined frame references
 
 
 def _strings(value, field, where) -> tuple[str, ...]:
@@ -59,7 +61,7 @@ def as_object(row: Any, where: str, expected: str = "an object") -> dict:
 
 def parse_row(row: Any, where: str) -> Question:
   """A `Question` from a dict (or a JSON line of one) with `id`, `question`, `answer` and
-  optional `choices`, `teacher_responses` and `images` (references); `where` (e.g.
+  optional `choices`, `teacher_responses`, `images` and `videos` (references); `where` (e.g.
   "data.jsonl line 17") names the row in errors."""
   row = as_object(row, where, "an object with fields id, question, answer")
   missing = [k for k in ("id", "question", "answer") if row.get(k) in (None, "")]
@@ -74,7 +76,8 @@ def parse_row(row: Any, where: str) -> Question:
                   choices=_strings(row.get("choices"), "choices", where),
                   teacher_responses=_strings(row.get("teacher_responses"), "teacher_responses",
                                              where),
-                  images=_strings(row.get("images"), "images", where))
+                  images=_strings(row.get("images"), "images", where),
+                  videos=_strings(row.get("videos"), "videos", where))
 
 
 def check_unique_ids(ids: Iterable[str], where: Callable[[int], str]):

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import tokenizers
 
+TIMESTAMP = re.compile(r"<\d+\.\d seconds>")   # a video frame's time in a prompt (video.py)
+
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -272,12 +274,13 @@ class Tokenizer:
                     enable_thinking: bool = True, vision: str = "") -> list[int]:
     """Ids of a one-question chat, ending with the generation prompt: what the sampler gets.
     Special-token strings in `user` and `system` are plain text (see `encode_chat`).
-    `vision`: the placeholder text of the question's images (`images.placeholder`), put
-    before the question as the Qwen processor does; its vision tokens are tokens."""
+    `vision`: the placeholder text of the question's images and videos
+    (`images.placeholder`, `video.placeholder`: vision tokens, and a video's frames' timestamps),
+    put before the question as the Qwen processor does; its vision tokens are tokens."""
     if vision:
       missing = [t for t in set(self._specials.split(vision)[1::2]) | {VISION_START, VISION_END}
                  if self.backend.token_to_id(t) is None]
-      if missing or self._specials.sub("", vision):
+      if missing or TIMESTAMP.sub("", self._specials.sub("", vision)):
         raise ValueError(f"{self.name}: no token for {sorted(missing) or vision[:40]!r}; a "
                          "vision-language tokenizer defines the vision tokens")
       sentinel = "\ue001"

@@ -21,10 +21,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from zppo_jax.data.images import to_rgb
+from zppo_jax.data import images as images_lib
 from zppo_jax.data.tokenizer import VIDEO_PAD, VISION_END, VISION_START
 
 STANDARD_MEAN = STANDARD_STD = (0.5, 0.5, 0.5)   # the video processor's defaults
+UNKNOWN_FPS = 24.0   # the rate a clip of unknown rate is sampled (and timed) at
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,14 @@ class VideoSettings:
                   image_std=tuple(doc["image_std"]) if "image_std" in doc else None)
     return cls(**{k: v for k, v in fields.items() if v is not None})
 
+  @classmethod
+  def for_model(cls, tower, path: str = "") -> "VideoSettings":
+    """The checkpoint's video_preprocessor_config.json when `path` has one, else the
+    tower's patch sizes with the processor's defaults; a file that disagrees with the tower
+    is an error naming the field."""
+    file = os.path.join(path, "video_preprocessor_config.json") if path else ""
+    return images_lib.settings_for(cls, tower, file)
+
 
 def sample_frames(total_frames: int, video_fps: float | None, settings: VideoSettings,
                   num_frames: int | None = None) -> np.ndarray:
@@ -63,7 +73,7 @@ def sample_frames(total_frames: int, video_fps: float | None, settings: VideoSet
   the clip (24 fps assumed when it is not known), within [min_frames, max_frames] and the
   clip's length, spread uniformly from the first frame to the last."""
   if num_frames is None:
-    fps = video_fps or 24.0
+    fps = video_fps or UNKNOWN_FPS
     num_frames = int(total_frames / fps * settings.fps)
     num_frames = min(max(num_frames, settings.min_frames), settings.max_frames, total_frames)
   return np.linspace(0, total_frames - 1, num_frames).round().astype(int)
@@ -97,7 +107,7 @@ def preprocess(frames: Sequence, settings: VideoSettings
                ) -> tuple[np.ndarray, tuple[int, int, int]]:
   """Sampled frames ([H, W, 3] uint8 arrays or PIL images, all one size) -> (patches
   [gt·gh·gw, 3·T·P·P] float32, grid (gt, gh, gw)): the tower's `pixel_values_videos` rows."""
-  pictures = [to_rgb(f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)))
+  pictures = [images_lib.to_rgb(f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)))
               for f in frames]
   p, m, t = settings.patch_size, settings.merge_size, settings.temporal_patch_size
   height, width = smart_resize(len(pictures), pictures[0].height, pictures[0].width, t, p * m,
@@ -135,3 +145,38 @@ def placeholder(grid: tuple[int, int, int], seconds: Sequence[float], merge_size
     raise ValueError(f"{len(seconds)} timestamps for a video of {gt} temporal patches")
   frame = VISION_START + VIDEO_PAD * (gh * gw // merge_size ** 2) + VISION_END
   return "".join(f"<{s:.1f} seconds>" + frame for s in seconds)
+
+
+def open_clip(reference: str, root: str = "") -> tuple[list[Image.Image], float | None]:
+  """The frames a question's video reference names, and their rate (None: unknown): a
+  directory of frame images (`FRAME_EXTENSIONS`, in name order; relative to `root` unless
+  absolute), or frame references joined by "|" (each anything `images.open_image` reads:
+  paths, `glyphs:` keys, dataset keys); either may end in "|fps=<frames per second>"."""
+  parts, fps = reference.split("|"), None
+  if parts[-1].startswith("fps="):
+    try:
+      fps = float(parts.pop()[len("fps="):])
+    except ValueError:
+      fps = -1.0
+    if not fps > 0:
+      raise ValueError(f"video {reference!r}: its fps= must be a positive number")
+  if len(parts) == 1:
+    path = parts[0] if os.path.isabs(parts[0]) or not root else os.path.join(root, parts[0])
+    if os.path.isdir(path):
+      parts = [os.path.join(path, n) for n in sorted(os.listdir(path))
+               if n.lower().endswith(FRAME_EXTENSIONS)]
+      if not parts:
+        raise FileNotFoundError(f"video {reference!r}: the directory {path} holds no frame "
+                                f"images {FRAME_EXTENSIONS}")
+  return [images_lib.open_image(p, root) for p in parts], fps
+
+
+def clip(reference: str, settings: VideoSettings, root: str = ""
+         ) -> tuple[np.ndarray, tuple[int, int, int], list[float]]:
+  """A video reference -> (patches, grid (gt, gh, gw), seconds of each temporal patch): its
+  frames sampled, resized and patched as the processor does (`open_clip`, `sample_frames`,
+  `preprocess`, `timestamps`)."""
+  frames, fps = open_clip(reference, root)
+  kept = sample_frames(len(frames), fps, settings)
+  patches, grid = preprocess([frames[i] for i in kept], settings)
+  return patches, grid, timestamps(kept, fps or UNKNOWN_FPS, settings.temporal_patch_size)

@@ -38,6 +38,7 @@ class Family(Protocol):
   def multimodal_embeddings(self, config, params, input_ids, pixel_values=None,
                             image_grid_thw=None, pixel_values_videos=None,
                             video_grid_thw=None) -> Any: ...
+  def multimodal_inputs(self, config, input_ids, pixel_values, grids) -> dict: ...  # by kind
   def multimodal_positions(self, config, input_ids, attention_mask=None, image_grid_thw=None,
                            video_grid_thw=None) -> Any: ...
   def multimodal_vision_tokens(self, config, params, input_ids, pixel_values=None,

@@ -59,16 +59,16 @@ def prompt_ids(tok: Tokenizer, rollout_cfg, users: Sequence[str],
 
 
 def vision_inputs(images, questions: Sequence[Question]) -> tuple[list[str], list | None]:
-  """Each question's image placeholders and sampler entry ((pixel_values, grids) or None)
-  from its image references; (["", ...], None) when none has images."""
-  if not any(q.images for q in questions):
+  """Each question's image / video placeholders and sampler entry ((pixel_values, grids) or
+  None) from its references; (["", ...], None) when none has any."""
+  if not any(q.images or q.videos for q in questions):
     return [""] * len(questions), None
   if images is None:
-    q = next(q for q in questions if q.images)
-    raise ValueError(f"question {q.id!r} has images {list(q.images)[:2]}, but "
-                     "config.vision.enabled is False: the models run without their vision "
-                     "towers")
-  pairs = [images(q.images) for q in questions]
+    q = next(q for q in questions if q.images or q.videos)
+    raise ValueError(f"question {q.id!r} has images / videos {list(q.images + q.videos)[:2]}, "
+                     "but config.vision.enabled is False: the models run without their "
+                     "vision towers")
+  pairs = [images(q.images, q.videos) for q in questions]
   return [text for text, _ in pairs], [entry for _, entry in pairs]
 
 

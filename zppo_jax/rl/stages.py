@@ -32,7 +32,7 @@ LONG_QUESTIONS = ("skip", "cut")
 def as_question(d: dict) -> Question:
   """A Question from its `dataclasses.asdict` form (the buffer's, a host gather's)."""
   return Question(**{**d, **{k: tuple(d.get(k, ())) for k in ("choices", "teacher_responses",
-                                                               "images")}})
+                                                               "images", "videos")}})
 
 
 # ------------------------------------------------------------------------------ questions

@@ -19,6 +19,7 @@ from zppo_jax.models.qwen3_5.params import shapes as param_shapes
 from zppo_jax.models.qwen3_5.params import shardings as param_shardings
 from zppo_jax.models.qwen3_5 import presets
 from zppo_jax.models.qwen3_5.multimodal import embed as multimodal_embeddings
+from zppo_jax.models.qwen3_5.multimodal import inputs as multimodal_inputs
 from zppo_jax.models.qwen3_5.multimodal import place as multimodal_place
 from zppo_jax.models.qwen3_5.multimodal import vision_tokens as multimodal_vision_tokens
 from zppo_jax.models.qwen3_5.multimodal import positions as multimodal_positions

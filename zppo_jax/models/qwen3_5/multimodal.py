@@ -55,6 +55,33 @@ def _frames(video_grid_thw) -> list[tuple[int, int, int]]:
           for _ in range(int(t))]
 
 
+def inputs(config: Qwen3_5Config, input_ids, pixel_values, grids: Sequence) -> dict:
+  """The forward's keyword inputs (pixel_values, image_grid_thw, pixel_values_videos,
+  video_grid_thw; None where there are none) of a batch whose images and videos come as
+  one list: `grids` [(t, h, w), ...] in reading order over the rows of `input_ids` (a
+  video as one (1, h, w) grid per frame, as `data.images.PromptImages` gives them) and
+  `pixel_values` their patches in that order (None: only the grids). Each maximal run of
+  placeholders takes the next grid, an image's or a video frame's by its id."""
+  kinds = [kind for row in token_types(config, input_ids)
+           for kind, _ in itertools.groupby(row) if kind != TEXT]
+  if len(kinds) != len(grids):
+    raise ValueError(f"{len(kinds)} runs of image / video placeholders in input_ids, but "
+                     f"{len(grids)} grids")
+  ends = np.cumsum([int(np.prod(g)) for g in grids])
+  if pixel_values is not None and (not len(ends) or ends[-1] != len(pixel_values)):
+    raise ValueError(f"{len(pixel_values)} patches in pixel_values, but the grids make "
+                     f"{ends[-1] if len(ends) else 0}")
+  pieces = [None] * len(grids) if pixel_values is None else np.split(pixel_values, ends[:-1])
+  out = {}
+  for kind, pixels_name, grids_name in ((IMAGE, "pixel_values", "image_grid_thw"),
+                                        (VIDEO, "pixel_values_videos", "video_grid_thw")):
+    mine = [i for i, k in enumerate(kinds) if k == kind]
+    out[grids_name] = [tuple(grids[i]) for i in mine] or None
+    out[pixels_name] = (np.concatenate([pieces[i] for i in mine])
+                        if mine and pixel_values is not None else None)
+  return out
+
+
 def positions(config: Qwen3_5Config, input_ids, attention_mask=None,
               image_grid_thw: Sequence | None = None, video_grid_thw: Sequence | None = None
               ) -> np.ndarray:
