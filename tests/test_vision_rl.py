@@ -256,3 +256,29 @@ def test_video_questions_train_as_the_sampler_saw_them(run):
     assert g.prompt.count(config.video_token_id) == sum(t * h * w for t, h, w in grids) // 4
   metrics = trainer.learner.update(groups)
   assert metrics["train/trained_rows"] > 0 and metrics["train/logprob_mismatch"] < 1e-4
+
+
+def test_on_policy_distillation_scores_image_rows_with_the_teachers_tower(vlm_dirs, tmp_path):
+  """A method scored by the teacher model after image prompts: the teacher's log-probs come
+  from its own tower's tokens (its image forward pass), and the student learns from them."""
+  c = _config(vlm_dirs, str(tmp_path))
+  run_config._method(c, "on_policy_distill", buffer=False)
+  c.total_steps = 1
+  trainer = train.Trainer(c, str(tmp_path))
+  metrics, groups, _ = trainer.rl_step()
+  assert np.isfinite(metrics["train/loss"]) and metrics["train/trained_rows"] > 0
+  teacher = trainer.policies
+  config = teacher.teacher_config
+  g, completion = next((g, x) for g in groups for x in g.completions
+                       if not {config.image_token_id, config.video_token_id} & set(x))
+  rows = len(jax.devices())   # one per batch shard
+  tokens = np.array([g.prompt + completion] * rows)
+  mask = np.ones_like(tokens)
+  chunk = {"tokens": tokens, "attention_mask": mask, **trainer.learner.vision_fields(
+      tokens, mask, [len(g.prompt)] * rows, [g.vision] * rows)}
+  got = np.asarray(trainer.learner._scored(chunk)["teacher_logprobs"])[0, 1:]
+  logits = qwen3_5.forward(config, teacher.teacher_params, tokens[:1], mask[:1],
+                           pixel_values=g.vision[0], image_grid_thw=g.vision[1])
+  want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[0, :-1])),
+                            tokens[0, 1:, None], -1)[:, 0]
+  np.testing.assert_allclose(got, want, atol=1e-4)

@@ -53,10 +53,10 @@ class Learner:
     self.tower = tower
     self._sampling_tower = None if tower is None else jax.tree.map(
         lambda p: p.astype(compute), tower)
-    if method.teacher == LOGPROBS and (tower is not None or self.train_tower):
-      raise ValueError(f"config.method={config.method!r} scores the teacher's log-probs, which "
-                       "after image prompts need the teacher's own vision tokens: not supported "
-                       "with config.vision.enabled")
+    # The teacher scores rows after image prompts with its own tower's tokens (its text
+    # params alone go to its scorer).
+    self._teacher_text = None if policies.teacher_params is None else {
+        k: v for k, v in policies.teacher_params.items() if k != "visual"}
     if method.teacher == LOGPROBS:
       teacher = policies.teacher_config
       self.teacher_score_fn = ts.jit_score(
@@ -80,7 +80,8 @@ class Learner:
     `config.vision.max_tokens`, one shape for every chunk), `vision_mask` [R, T] (the
     prompts' placeholders; a placeholder id sampled in a completion stays text, as it was
     when sampled) and `positions` [R, T, 3] (multimodal rotary positions), for
-    `batching.make_chunks`."""
+    `batching.make_chunks`; for a method scored by the teacher, its own tower's tokens too
+    (`TEACHER_VISION`, read by its scorer alone)."""
     model, config = models.of(self.policies.config), self.policies.config
     in_prompt = np.arange(tokens.shape[1])[None, :] < np.asarray(prompt_lengths)[:, None]
     placeholder = np.isin(tokens, (config.image_token_id, config.video_token_id))
@@ -92,29 +93,22 @@ class Learner:
     vision_mask = placeholder & in_prompt
     out = {"vision_mask": vision_mask,
            "positions": np.ascontiguousarray(np.moveaxis(positions, 0, -1))}
-    if self.train_tower:  # the tower runs in the train step, on every row's images
-      return {**out, **model.multimodal_tower_inputs(config, visions)}
     need, room = int(vision_mask.sum(1).max(initial=0)), self.config.vision.max_tokens
     slots = max(room, 1) if need <= room else padded_size(need, 16)   # more: another shape
-    vision_tokens = np.zeros((len(tokens), slots, config.hidden_size), np.float32)
+    if self.method.teacher == LOGPROBS:   # the teacher's scorer reads its own tower's tokens
+      teacher = self.policies.teacher_params
+      out[TEACHER_VISION] = _frozen_tokens(self.policies.teacher_config, {
+          "embed": teacher["embed"], "visual": teacher["visual"]}, ids, visions, slots)
+    if self.train_tower:  # the tower runs in the train step, on every row's images
+      return {**out, **model.multimodal_tower_inputs(config, visions)}
     params = {"embed": self.state.params["embed"], "visual": self.tower}
-    done = {}
-    for r, v in enumerate(visions):
-      if v is None:
-        continue
-      if id(v) not in done:
-        row = ids[r:r + 1]
-        done[id(v)] = np.asarray(model.multimodal_vision_tokens(
-            config, params, row, **model.multimodal_inputs(config, row, v[0], v[1]),
-            slots=slots), np.float32)[0]
-      vision_tokens[r] = done[id(v)]
-    return {**out, "vision_tokens": vision_tokens}
+    return {**out, "vision_tokens": _frozen_tokens(config, params, ids, visions, slots)}
 
   def _scorers(self) -> list[tuple[str, object, dict]]:
     """(field, jitted score program, params) of each other policy's log-probs the loss
     needs: the teacher's, the frozen reference's, the policy's own before the update."""
     p = self.policies
-    return ([("teacher_logprobs", self.teacher_score_fn, p.teacher_params)]
+    return ([("teacher_logprobs", self.teacher_score_fn, self._teacher_text)]
             if self.method.teacher == LOGPROBS else []) + (
         [("ref_logprobs", self.score_fn, p.ref_params)] if p.ref_params is not None else []) + (
         [("old_logprobs", self.score_fn, self.state.params)]
@@ -123,16 +117,16 @@ class Learner:
   def _scored(self, chunk: dict) -> dict:
     """A chunk with the log-probs of the other policies its loss needs, computed on the
     devices and sharded like the chunk."""
-    base = dict(chunk)
+    out = _step_fields(chunk)
     for name, fn, params in self._scorers():
-      chunk[name] = fn(params, base)["logprobs"]
-    return chunk
+      out[name] = fn(params, _scorer_fields(name, chunk))["logprobs"]
+    return out
 
   def _scored_shapes(self, chunk: dict) -> dict:
     """The fields `_scored` adds to such a chunk, after compiling the programs that score it."""
     out = {}
     for name, fn, params in self._scorers():
-      fn.lower(params, chunk).compile()
+      fn.lower(params, _scorer_fields(name, chunk)).compile()
       tokens = chunk["tokens"]
       out[name] = jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
     return out
@@ -150,7 +144,7 @@ class Learner:
           chunk_rows=train_cfg.chunk_rows, buckets=(length,), pad_id=0,
           vision_fields=self._vision_fields()), train_cfg.loss, 1)[0]
       chunk = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
-      chunks.append({**chunk, **self._scored_shapes(chunk)})
+      chunks.append({**_step_fields(chunk), **self._scored_shapes(chunk)})
     self.step_fn.precompile(self.state, chunks)
 
   def _vision_fields(self):
@@ -193,6 +187,42 @@ class Learner:
                 "train/trained_tokens": metrics["tokens"],
                 "train/padding": 1.0 - sum(len(r) for r in trained) / max(positions, 1)})
     return out
+
+
+TEACHER_VISION = "teacher_vision_tokens"   # a chunk's field for the teacher's scorer alone
+
+
+def _frozen_tokens(config, params, ids, visions, slots: int) -> np.ndarray:
+  """[R, slots, D] a frozen tower's tokens (params: "embed" and "visual") of each row's
+  prompt images, in `multimodal.vision_tokens`' compact form; a group's rows, which share
+  their entry, are encoded once."""
+  model = models.of(config)
+  out = np.zeros((len(ids), slots, config.hidden_size), np.float32)
+  done = {}
+  for r, v in enumerate(visions):
+    if v is None:
+      continue
+    if id(v) not in done:
+      row = ids[r:r + 1]
+      done[id(v)] = np.asarray(model.multimodal_vision_tokens(
+          config, params, row, **model.multimodal_inputs(config, row, v[0], v[1]),
+          slots=slots), np.float32)[0]
+    out[r] = done[id(v)]
+  return out
+
+
+def _step_fields(chunk: dict) -> dict:
+  """The chunk's fields the train step reads."""
+  return {k: v for k, v in chunk.items() if k != TEACHER_VISION}
+
+
+def _scorer_fields(name: str, chunk: dict) -> dict:
+  """The chunk as scorer `name` reads it: the teacher's, with its own tower's tokens in place
+  of the student's (and no trained tower's inputs)."""
+  if name != "teacher_logprobs" or TEACHER_VISION not in chunk:
+    return _step_fields(chunk)
+  return {**{k: v for k, v in chunk.items() if k != TEACHER_VISION and
+             not k.startswith(ts.TOWER_FIELDS)}, "vision_tokens": chunk[TEACHER_VISION]}
 
 
 def longest_row(config, method: Method, prompt_overhead: int) -> int:

@@ -121,6 +121,9 @@ def init_state(params, optimizer, seed: int, shardings: TrainState | None = None
   return jax.jit(build, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
 
+TOWER_FIELDS = "tower_"   # a trained tower's inputs per row (`multimodal.tower_inputs`)
+
+
 def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
           batch_spec: NamedSharding | None = None):
   """The policy's scores of the batch's tokens (`logprobs.token_scores`) in compute dtype."""
@@ -139,7 +142,7 @@ def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
   # ("tower_*"), and their rotary positions.
   inputs = (batch["tokens"], batch["attention_mask"], batch.get("teacher_topk_ids"),
             batch.get("vision_tokens"), batch.get("positions"), batch.get("vision_mask"),
-            {k: v for k, v in batch.items() if k.startswith("tower_")} or None)
+            {k: v for k, v in batch.items() if k.startswith(TOWER_FIELDS)} or None)
   if batch_spec is not None:
     inputs = _split_rows(inputs, batch_spec)
     if sharding.explicit_axes(batch_spec.mesh):
