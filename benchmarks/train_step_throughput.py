@@ -24,7 +24,6 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from common import MODELS, arguments, bench_model, best_time, write_result
 

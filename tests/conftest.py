@@ -8,6 +8,9 @@ import tempfile
 # train step on (8,1,1), (2,4,1) and (1,4,2)); set before jax starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The TPU runtime (libtpu, for zppo_jax.aot's test) is installed but there is no TPU: JAX runs
+# on the CPU; the TPU compiler still answers for a topology (`jax.experimental.topologies`).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session, shared with the trainer subprocesses: a
 # program compiled once (same shapes, same mesh) is not compiled again by the next Trainer.
 _CACHE = tempfile.mkdtemp(prefix="zppo-jax-cache-")

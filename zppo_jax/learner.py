@@ -107,12 +107,10 @@ class Learner:
   def _scorers(self) -> list[tuple[str, object, dict]]:
     """(field, jitted score program, params) of each other policy's log-probs the loss
     needs: the teacher's, the frozen reference's, the policy's own before the update."""
-    p = self.policies
-    return ([("teacher_logprobs", self.teacher_score_fn, self._teacher_text)]
-            if self.method.teacher == LOGPROBS else []) + (
-        [("ref_logprobs", self.score_fn, p.ref_params)] if p.ref_params is not None else []) + (
-        [("old_logprobs", self.score_fn, self.state.params)]
-        if self.config.num_iterations > 1 else [])
+    programs = {TEACHER: (self.teacher_score_fn, self._teacher_text),
+                REFERENCE: (self.score_fn, self.policies.ref_params),
+                BEFORE_UPDATE: (self.score_fn, self.state.params)}
+    return [(field, *programs[whose]) for field, whose in scored_fields(self.config, self.method)]
 
   def _scored(self, chunk: dict) -> dict:
     """A chunk with the log-probs of the other policies its loss needs, computed on the
@@ -139,11 +137,7 @@ class Learner:
     chunks = []
     for length in self.length_buckets[:self.length_buckets.index(
         batching.bucket_of(longest, self.length_buckets)) + 1]:
-      chunk = ts.weigh_rows(batching.make_chunks(
-          [batching.Row([0], [0] * (length - 1), [0.0] * (length - 1), 0.0)],
-          chunk_rows=train_cfg.chunk_rows, buckets=(length,), pad_id=0,
-          vision_fields=self._vision_fields()), train_cfg.loss, 1)[0]
-      chunk = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
+      chunk = chunk_shapes(train_cfg, length, spec, self._vision_fields())
       chunks.append({**_step_fields(chunk), **self._scored_shapes(chunk)})
     self.step_fn.precompile(self.state, chunks)
 
@@ -190,6 +184,27 @@ class Learner:
 
 
 TEACHER_VISION = "teacher_vision_tokens"   # a chunk's field for the teacher's scorer alone
+TEACHER, REFERENCE, BEFORE_UPDATE = "teacher", "reference", "before_update"  # whose scores
+
+
+def scored_fields(config, method: Method) -> list[tuple[str, str]]:
+  """(chunk field, whose params) of the other policies' log-probs the run's loss needs: the
+  teacher's, the frozen starting student's (`train.loss.beta`, `log.kl_to_start`), the
+  policy's own before the update (`num_iterations` > 1)."""
+  return ([("teacher_logprobs", TEACHER)] if method.teacher == LOGPROBS else []) + (
+      [("ref_logprobs", REFERENCE)] if config.train.loss.beta or config.log.kl_to_start
+      else []) + ([("old_logprobs", BEFORE_UPDATE)] if config.num_iterations > 1 else [])
+
+
+def chunk_shapes(train_cfg, length: int, spec, vision_fields=None) -> dict:
+  """{field: ShapeDtypeStruct} of a chunk of `length`-token rows as the update's programs
+  take it (a placeholder row through `batching.make_chunks` and `weigh_rows`), placed by
+  `spec`."""
+  chunk = ts.weigh_rows(batching.make_chunks(
+      [batching.Row([0], [0] * (length - 1), [0.0] * (length - 1), 0.0)],
+      chunk_rows=train_cfg.chunk_rows, buckets=(length,), pad_id=0,
+      vision_fields=vision_fields), train_cfg.loss, 1)[0]
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in chunk.items()}
 
 
 def _frozen_tokens(config, params, ids, visions, slots: int) -> np.ndarray:

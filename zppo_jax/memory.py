@@ -36,9 +36,15 @@ def abstract_mesh(shape, devices: int) -> AbstractMesh:
 
 
 def model_config(family: str, path: str, size: str | None, what: str):
-  """From the checkpoint's config.json, or the official shapes of `size`."""
+  """From the checkpoint's config.json, or the official shapes of `size` (None: the size a
+  path of an official repository not downloaded yet names, e.g. /checkpoints/Qwen3.5-2B)."""
+  presets = models.get(family).presets
+  named = os.path.basename(os.path.normpath(path)).lower().removeprefix("qwen3.5-")
+  if not size and named in presets.SIZES and not os.path.exists(
+      os.path.join(path, "config.json")):
+    size = named
   if size:
-    return models.get(family).presets.config(size)
+    return presets.config(size)
   if not os.path.exists(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{path}/config.json not found: give --{what}_size (0.8b, 2b, 4b, "
                             f"9b, 27b) to use the official shapes instead")

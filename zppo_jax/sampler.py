@@ -314,6 +314,28 @@ class Sampler:
     self.generate(params, [[0] * prompt_len] * num_prompts, max_new_tokens=1, rows=rows,
                   prompt_slots=prompt_slots, new_slots=new_slots, **settings)
 
+  def lower(self, params, num_prompts: int, prompt_len: int, *, max_new_tokens: int,
+            num_samples: int = 1, greedy: bool = False, top_k: int = 0,
+            filter_top_p: bool = False, stop_slots: int = 8) -> dict:
+    """{"prefill", "decode"}: the programs a `generate` call of these sizes and settings
+    runs, lowered for `params` (arrays or ShapeDtypeStructs) and not run: what
+    `zppo_jax.aot` compiles for a TPU slice it does not have."""
+    rows, prompt_slots, new_slots = self.shapes(num_prompts, prompt_len, max_new_tokens)
+    dtype, n = params["embed"].dtype, rows * num_samples
+    ids = jax.ShapeDtypeStruct((rows, prompt_slots), jnp.int32)
+    cache = jax.eval_shape(lambda: self.model.init_cache(self.config, n,
+                                                         prompt_slots + new_slots, dtype))
+    scalar = lambda d: jax.ShapeDtypeStruct((), d)
+    decode = self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype,
+                                  stop_slots, top_k, filter_top_p, greedy)
+    return {"prefill": self._prefill_program(rows, prompt_slots, new_slots, num_samples,
+                                             dtype).lower(params, ids, ids),
+            "decode": decode.lower(
+                params, cache, jax.ShapeDtypeStruct((n, self.config.vocab_size), jnp.float32),
+                jax.ShapeDtypeStruct((n,), jnp.bool_), scalar(jnp.uint32), scalar(jnp.float32),
+                scalar(jnp.float32), scalar(jnp.int32),
+                jax.ShapeDtypeStruct((stop_slots,), jnp.int32))}
+
   # -- the call ------------------------------------------------------------------------------
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,

@@ -46,11 +46,12 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
                        devices=devices)
 
 
-def from_config(mesh_cfg) -> tuple[Mesh, tuple]:
-  """(mesh, logical-axis rules) of `config.mesh`: its shape and axis types, and its `rules`,
+def from_config(mesh_cfg, devices=None) -> tuple[Mesh, tuple]:
+  """(mesh, logical-axis rules) of `config.mesh` over `devices` (default: all; a TPU
+  topology's for ahead-of-time compilation): its shape and axis types, and its `rules`,
   which may name only the mesh's axes. Pass the rules to whatever places arrays on the
   mesh (`rules=`)."""
-  mesh = make_mesh(tuple(mesh_cfg.shape), axis_types=mesh_cfg.axis_types)
+  mesh = make_mesh(tuple(mesh_cfg.shape), axis_types=mesh_cfg.axis_types, devices=devices)
   rules = resolve(mesh_cfg.get("rules"))
   for name, target in rules:
     targets = () if target is None else (target,) if isinstance(target, str) else target

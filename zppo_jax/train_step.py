@@ -242,6 +242,12 @@ def check_batch(batch: dict, mesh, rules=None):
                      f"the mesh {dict(mesh.shape)}")
 
 
+def _gradient_shapes(state: TrainState):
+  """The float32 gradient buffer's shapes, placed like the params."""
+  return jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32, sharding=p.sharding),
+                      state.params)
+
+
 class TrainStep:
   """`step(state, chunks) -> (state, metrics)`: one optimizer step over a batch cut into
   chunks (dicts of arrays, rows split over the mesh's batch axes, `row_weights` from
@@ -271,13 +277,23 @@ class TrainStep:
         lambda p: jnp.zeros_like(p, jnp.float32), params),
                           in_shardings=(shardings.params,), out_shardings=shardings.params)
 
+  def lower(self, state: TrainState, chunk: dict | None = None) -> dict:
+    """{"apply"} and, given a chunk's shapes ({name: ShapeDtypeStruct}), "accumulate": the
+    update program and the gradient program for such a chunk, lowered for `state` (arrays
+    or ShapeDtypeStructs) and not run."""
+    grads = _gradient_shapes(state)
+    out = {"apply": self._apply.lower(state, grads)}
+    if chunk is not None:
+      out["accumulate"] = self._accumulate.lower(grads, state.params, chunk)
+    return out
+
   def precompile(self, state: TrainState, chunk_shapes: Sequence[dict]) -> None:
     """Compiles the gradient program for chunks of each of these shapes ({name:
     ShapeDtypeStruct}), and the update program, ahead of the first step."""
     for shapes in chunk_shapes:
-      self._accumulate.lower(state.params, state.params, shapes).compile()
+      self._accumulate.lower(_gradient_shapes(state), state.params, shapes).compile()
     self._zeros.lower(state.params).compile()
-    self._apply.lower(state, state.params).compile()
+    self.lower(state)["apply"].compile()
 
   def __call__(self, state: TrainState, chunks: Sequence[dict]):
     """No chunks is the update on a zero gradient (every row of the batch was inert,
