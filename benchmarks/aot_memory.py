@@ -38,20 +38,30 @@ def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", nargs="+", required=True)
   parser.add_argument("--out", required=True)
+  parser.add_argument("--programs", nargs="*", default=(), help="only these (zppo_jax.aot)")
+  parser.add_argument("--override", nargs="*", default=(),
+                      help="config fields for every run, e.g. train.chunk_rows=32")
   args = parser.parse_args(argv)
   results = {}
   for run in args.runs:
     size, topology = run.split("@")
     chip = topology.split(":")[0]
     config = run_config.config_module("zppo.py").get_config(f"size={size},mesh=tpu_{chip}")
-    report = aot.run(config, topology, log=lambda m: print(f"{run}: {m}", file=sys.stderr,
+    for item in args.override:
+      key, value = item.split("=", 1)
+      *parents, leaf = key.split(".")
+      node = config
+      for name in parents:
+        node = node[name]
+      node[leaf] = type(node[leaf])(value)
+    report = aot.run(config, topology, only=args.programs, log=lambda m: print(f"{run}: {m}", file=sys.stderr,
                                                             flush=True))
     parts = memory.estimate(config, report["devices"])
     report["memory_py"] = parts
     results[run] = report
     print(aot.table(report), flush=True)
     for name in LIVE:
-      if name in report["programs"]:
+      if "bytes_per_device" in report["programs"].get(name, {}):
         xla, est = report["programs"][name]["bytes_per_device"], estimate_of(name, parts)
         print(f"{run} {name}: XLA {xla / GIB:.2f} GiB, memory.py {est / GIB:.2f} GiB "
               f"({(xla - est) / max(est, 1):+.0%})", flush=True)

@@ -249,7 +249,14 @@ def run(config, topology_name: str, prompt_tokens: int = 512, only: Sequence[str
             "residents": residents, "programs": {}}
   for p in progs:
     log(f"compiling {p.name} ...")
-    report["programs"][p.name] = analyse(p, p.lower().compile(), chip, residents, len(devices))
+    try:
+      compiled = p.lower().compile()
+    except jax.errors.JaxRuntimeError as e:  # XLA refuses a program over the chip's HBM
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      report["programs"][p.name] = {"kind": p.kind, "compile_error": str(e).splitlines()[0]}
+      continue
+    report["programs"][p.name] = analyse(p, compiled, chip, residents, len(devices))
   return report
 
 
@@ -260,6 +267,9 @@ def table(report: dict) -> str:
            "| program | peak GiB/device | own (arg + out + temp) | beside | TFLOP/device | "
            "GB accessed | bound | implies |", "|---|---|---|---|---|---|---|---|"]
   for name, p in report["programs"].items():
+    if "compile_error" in p:
+      lines.append(f"| {name} | **does not compile** | {p['compile_error']} | | | | | |")
+      continue
     implied = []
     if "mfu_bound" in p:
       implied.append(f"MFU <= {p['mfu_bound']:.0%}, XLA/model FLOPs "
@@ -279,11 +289,13 @@ def table(report: dict) -> str:
 def over_hbm(report: dict) -> list[str]:
   """The programs that do not fit, each with its numbers."""
   hbm = report["hbm_bytes"]
-  return [f"{name}: {p['bytes_per_device'] / GIB:.2f} GiB per device ({p['program_bytes'] / GIB:.2f}"
+  return [f"{name}: {p['compile_error']}" if "compile_error" in p else
+          f"{name}: {p['bytes_per_device'] / GIB:.2f} GiB per device ({p['program_bytes'] / GIB:.2f}"
           f" GiB its own: arguments {p['argument_bytes'] / GIB:.2f}, outputs "
           f"{p['output_bytes'] / GIB:.2f}, temporaries {p['temp_bytes'] / GIB:.2f}; "
           f"{p['resident_beside_bytes'] / GIB:.2f} GiB resident beside it) > {hbm / GIB:.0f} GiB HBM"
-          for name, p in report["programs"].items() if p["bytes_per_device"] > hbm]
+          for name, p in report["programs"].items()
+          if "compile_error" in p or p["bytes_per_device"] > hbm]
 
 
 def main(argv):
