@@ -387,3 +387,18 @@ def test_sharding_rules_come_from_the_config():
   c.mesh.rules = (("embed", "fsdb"),)
   with pytest.raises(ValueError, match=r"config.mesh.rules: logical axis 'embed' maps to"):
     sharding.from_config(c.mesh)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 4, 1)])
+def test_splash_attention_steps_as_the_xla_path(mesh_shape, one_device):
+  """`train.attention="splash_interpret"`: the Pallas TPU splash kernel for the full-attention
+  layer, run in interpret mode on the CPU (on a mesh, per device on its rows): the same loss,
+  grad norm and updated params as the XLA path."""
+  ref_state, ref = one_device
+  state, metrics = _run(mesh_shape, attention="splash_interpret")
+  for name in ("loss", "grad_norm", "ratio", "entropy"):
+    np.testing.assert_allclose(metrics[name], ref[name], rtol=1e-4, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               state.params, ref_state.params)
+  with pytest.raises(ValueError, match="config.train.attention='flash'"):
+    _run(mesh_shape, attention="flash")

@@ -247,6 +247,9 @@ def train_config() -> ml_collections.ConfigDict:
       logprob_chunk=256,       # sequence positions per chunk of the vocabulary projection
       delta_chunk_size=64,     # chunk of the Gated DeltaNet chunked rule
       remat="none",            # per layer block: none | full | dots
+      attention="xla",         # full attention of train / scored rows: xla (blocked softmax,
+                               # O(T^2) memory) | splash (Pallas TPU kernel, O(T)) |
+                               # splash_interpret (that kernel interpreted: any backend)
       param_dtype="float32",   # master params (and optimizer state)
       compute_dtype="bfloat16",
   ))

@@ -6,9 +6,15 @@ and cast back, as transformers does, so bfloat16 runs round the same way.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec
 
 from zppo_jax.models.qwen3_5 import gated_delta
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
@@ -16,6 +22,57 @@ from zppo_jax.models.qwen3_5.config import Qwen3_5Config
 
 # Queries per block of full attention (see `full_attention`).
 QUERY_BLOCK = 512
+SPLASH_BLOCK = 128   # the splash kernel's default tile: segments are padded to a multiple
+
+
+class Attention(NamedTuple):
+  """How the full-attention layers attend over a segment's own keys (a train row, a scored
+  row): "xla" (`_blocked_attention`), "splash" (the Pallas TPU splash kernel: O(T) memory,
+  on TPU) or "splash_interpret" (the same kernel in Pallas interpret mode, on any backend:
+  for checking it). On a mesh the kernel runs per device on its rows (`batch_axes`)."""
+  kind: str = "xla"
+  mesh: object = None
+  batch_axes: tuple = ()
+
+
+ATTENTION_KINDS = ("xla", "splash", "splash_interpret")
+
+
+@functools.lru_cache(maxsize=None)
+def _splash_kernel(length: int, group: int, interpret: bool):
+  """One kernel per shape (its block masks are computed on the host, as concrete arrays
+  even when first asked inside a trace: the cache outlives it)."""
+  mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((length, length))] * group)
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mqa_single_device(mask, interpret=interpret)
+
+
+def splash_attention(q, k, v, valid, attention: Attention):
+  """Causal grouped-query attention of a segment over its own keys through the splash
+  kernel: q [B, T, H, hd], k, v [B, H_kv, T, hd], valid [B, T] (padding gets segment 0,
+  so it attends to padding only and real tokens never see it). Each kv head's query
+  group is one MQA call; T is padded to a multiple of SPLASH_BLOCK. Returns [B, T, H, hd]."""
+  def local(q, k, v, valid):
+    batch, length, heads, hd = q.shape
+    kv_heads = k.shape[1]
+    pad = -length % SPLASH_BLOCK
+    q = jnp.pad(q * hd ** -0.5, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (k, v))
+    segments = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, pad)))
+    q_groups = jnp.moveaxis(q.reshape(batch, length + pad, kv_heads, heads // kv_heads, hd),
+                            1, 3)                                    # [B, H_kv, g, T, hd]
+    kernel = _splash_kernel(length + pad, heads // kv_heads,
+                            attention.kind == "splash_interpret")
+    per_kv_head = jax.vmap(lambda q_, k_, v_, s: kernel(
+        q_, k_, v_, segment_ids=splash.SegmentIds(q=s, kv=s)), in_axes=(0, 0, 0, None))
+    out = jax.vmap(per_kv_head)(q_groups, k, v, segments)           # [B, H_kv, g, T, hd]
+    return jnp.moveaxis(out, 3, 1).reshape(batch, length + pad, heads, hd)[:, :length]
+
+  if attention.mesh is None or not attention.batch_axes:
+    return local(q, k, v, valid)
+  rows = PartitionSpec(attention.batch_axes)
+  return jax.shard_map(local, mesh=attention.mesh, in_specs=(rows,) * 4, out_specs=rows,
+                       check_vma=False)(q, k, v, valid)
 
 
 def rms_norm(x, weight, eps):
@@ -121,7 +178,8 @@ def attend(q, k, v, mask, scale, own=None):
 
 
 def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
-                   query_block: int = QUERY_BLOCK):
+                   query_block: int = QUERY_BLOCK, attention: Attention = Attention(),
+                   valid=None):
   """Gated softmax attention with q/k RMSNorm, GQA and partial RoPE.
 
   Args:
@@ -133,6 +191,8 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
       that a decode step never copies it), and the slot where this segment starts.
     kv_mask: [B, T, S] boolean, which key slots each query may see (padding and causality).
     query_block: queries per block; the score tensor is [B, H, query_block, S] at most.
+    attention, valid: a segment without a cache attends through `attention` (`Attention`),
+      with `valid` [B, T] its real tokens.
   Returns:
     ([B, T, D], (k, v) [B, H_kv, T, hd]: this segment's keys and values, to store).
   """
@@ -146,7 +206,12 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
   v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
   q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-  if kv_cache is None:
+  if attention.kind not in ATTENTION_KINDS:
+    raise ValueError(f"config.train.attention={attention.kind!r}: must be one of "
+                     f"{ATTENTION_KINDS}")
+  if kv_cache is None and attention.kind != "xla":
+    out = splash_attention(q, k, v, valid, attention)
+  elif kv_cache is None:
     out = _blocked_attention(q, k, v, kv_mask, query_block, causal=True)
   else:
     keys, values, index = kv_cache

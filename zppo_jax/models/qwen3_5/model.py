@@ -90,7 +90,8 @@ REMAT_POLICIES = {
 
 
 def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None, cache=None, *,
-                  chunk_size: int = 64, remat: str = "none", embeddings=None, positions=None):
+                  chunk_size: int = 64, remat: str = "none", embeddings=None, positions=None,
+                  attention: layers.Attention = layers.Attention()):
   """Final-norm hidden states [B, T, D] (and the new cache when one is given).
 
   Args:
@@ -104,6 +105,8 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
       in them: `multimodal.embed`).
     positions: [3, B, T] multimodal rotary positions (`multimodal.positions`) instead of
       the text positions; a cache then continues after the largest.
+    attention: how full attention runs without a cache (`layers.Attention`: XLA's blocked
+      softmax, or the Pallas splash kernel).
   """
   c = config
   batch, length = input_ids.shape
@@ -166,7 +169,8 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
         kv = None if old is None else (  # read in place: the KV stacks are not scanned over
             jax.lax.dynamic_index_in_dim(cache.keys, j, keepdims=False),
             jax.lax.dynamic_index_in_dim(cache.values, j, keepdims=False), cache.index)
-        x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask)
+        x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask,
+                                          attention=attention, valid=mask)
         new["keys"].append(k)
         new["values"].append(v)
         i_full += 1
