@@ -286,5 +286,8 @@ def test_memory_real_sizes_from_official_shapes():
   for part, size, dtype_bytes in (("teacher params", "27b", 2), ("student params", "2b", 4)):
     n = qwen3_5.param_count(memory.model_config("qwen3_5", "", size, ""))
     assert parts[part] == pytest.approx(n * dtype_bytes / 64, rel=0.02)  # FSDP over 64
+  # a path named like the official repository (not downloaded yet) takes its shapes
+  assert memory.estimate(c, 64) == parts
+  c.student.path = "/nowhere/my-student"
   with pytest.raises(FileNotFoundError, match="give --student_size"):
     memory.estimate(c, 64)

@@ -32,15 +32,15 @@ def _chunk_scores(config, params, h, targets, topk_ids, with_entropy):
 def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int = 256,
                  topk_ids=None, with_entropy: bool = True, delta_chunk_size: int = 64,
                  remat: str = "none", vision_tokens=None, positions=None, vision_mask=None,
-                 tower_inputs=None, attention=None):
+                 tower_inputs=None, layout=None):
   """Log-probs of each token given the ones before it.
 
   Args:
     tokens: [B, T] ids; attention_mask: [B, T], 1 on real tokens.
     chunk_size: sequence positions per head chunk (memory ~ B * chunk_size * vocab * 4).
     topk_ids: optional [B, T, K] ids whose log-probs are also wanted (teacher top-k).
-    delta_chunk_size, remat, attention: passed to the model (`hidden_states`; attention:
-      the family's `Attention`, None: its default).
+    delta_chunk_size, remat, layout: passed to the model (`hidden_states`; layout: the
+      family's `Layout`, None: its default).
     vision_tokens: [B, M, D] each row's image / video tokens, the k-th for its k-th
       placeholder (prompts with images; `multimodal.vision_tokens`), with `positions`
       [B, T, 3] the rotary positions and `vision_mask` [B, T] the placeholders they take
@@ -58,7 +58,7 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
                 model.multimodal_place(config, params, tokens, vision_tokens, vision_mask))
   h = model.hidden_states(config, params, tokens, attention_mask, chunk_size=delta_chunk_size,
                           remat=remat, embeddings=embeddings,
-                          **({} if attention is None else {"attention": attention}),
+                          **({} if layout is None else {"layout": layout}),
                           positions=None if positions is None else jnp.moveaxis(positions, -1, 0))
   batch, length = tokens.shape
   n = length - 1

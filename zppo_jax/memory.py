@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from zppo_jax import models, run_config, sharding
 from zppo_jax import train_step as ts
+from zppo_jax.rl import stages
 from zppo_jax.sampler import Sampler
 
 GIB = 2**30
@@ -90,7 +91,10 @@ def estimate(config, devices: int, student_size: str | None = None,
                                            rollout_cfg.max_new_tokens,
                                            rollout_cfg.group_size)
   if zppo_cfg.bcq or zppo_cfg.ncq:
-    out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, rules, questions,
+    # as many prompts as the hard questions can make (the run's fixed call shape)
+    rows = max(stages.sample_shapes(config.questions_per_step, config.buffer, zppo_cfg, True,
+                                    0, 0)["reformulated"]["rows"])
+    out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, rules, rows,
                                             zppo_cfg.max_prompt_tokens,
                                             rollout_cfg.max_new_tokens, rollout_cfg.group_size)
   if config.teacher.source == "model":

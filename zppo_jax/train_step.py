@@ -128,10 +128,12 @@ def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
           batch_spec: NamedSharding | None = None):
   """The policy's scores of the batch's tokens (`logprobs.token_scores`) in compute dtype."""
   dtype = jnp.dtype(cfg.compute_dtype)
-  # a Pallas kernel runs per device on its rows: the batch's mesh axes
-  attention = models.of(model_config).Attention(
-      cfg.attention, *((batch_spec.mesh, batch_spec.spec[0]) if batch_spec is not None and
-                       batch_spec.spec else (None, ())))
+  # activations (and a Pallas kernel) keep their rows on the batch's mesh axes (under
+  # explicit axes the body runs in auto mode, placed by the compiler: no constraint)
+  placed = (batch_spec is not None and batch_spec.spec
+            and not sharding.explicit_axes(batch_spec.mesh))
+  layout = models.of(model_config).Layout(
+      cfg.attention, *((batch_spec.mesh, batch_spec.spec[0]) if placed else (None, ())))
 
   def scores(params, tokens, attention_mask, topk_ids, vision_tokens, positions, vision_mask,
              tower_inputs):
@@ -140,7 +142,7 @@ def score(params, batch, *, model_config, cfg, with_entropy: bool = True,
         model_config, params, tokens, attention_mask, chunk_size=cfg.logprob_chunk,
         topk_ids=topk_ids, with_entropy=with_entropy, delta_chunk_size=cfg.delta_chunk_size,
         remat=cfg.remat, vision_tokens=vision_tokens, positions=positions,
-        vision_mask=vision_mask, tower_inputs=tower_inputs, attention=attention)
+        vision_mask=vision_mask, tower_inputs=tower_inputs, layout=layout)
 
   # Rows after image prompts carry the frozen tower's tokens, or a trained tower's inputs
   # ("tower_*"), and their rotary positions.

@@ -33,7 +33,7 @@ class Family(Protocol):
   def apply(self, config, params, input_ids, attention_mask, cache, **kwargs) -> Any: ...
   def init_cache(self, config, batch: int, max_len: int, dtype=...) -> Any: ...
   CACHE_LOGICAL_AXES: Any
-  Attention: Any   # (kind, mesh, batch_axes): full attention without a cache (hidden_states)
+  Layout: Any   # (attention, mesh, batch_axes): how hidden_states' layers run on a mesh
   REMAT_POLICIES: Any
   # images and video: input embeddings with the vision tokens placed, multimodal positions
   def multimodal_embeddings(self, config, params, input_ids, pixel_values=None,

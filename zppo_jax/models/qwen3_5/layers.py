@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from zppo_jax.models.qwen3_5 import gated_delta
 from zppo_jax.models.qwen3_5.config import Qwen3_5Config
@@ -25,14 +25,25 @@ QUERY_BLOCK = 512
 SPLASH_BLOCK = 128   # the splash kernel's default tile: segments are padded to a multiple
 
 
-class Attention(NamedTuple):
-  """How the full-attention layers attend over a segment's own keys (a train row, a scored
-  row): "xla" (`_blocked_attention`), "splash" (the Pallas TPU splash kernel: O(T) memory,
-  on TPU) or "splash_interpret" (the same kernel in Pallas interpret mode, on any backend:
-  for checking it). On a mesh the kernel runs per device on its rows (`batch_axes`)."""
-  kind: str = "xla"
+class Layout(NamedTuple):
+  """How a segment's layers run on the mesh. `attention`: how full attention attends over
+  a segment's own keys (a train row, a scored row): "xla" (`_blocked_attention`), "splash"
+  (the Pallas TPU splash kernel: O(T) memory, on TPU) or "splash_interpret" (the same
+  kernel in Pallas interpret mode, on any backend: for checking it). With a `mesh`, the
+  activations keep their rows split over `batch_axes` (`rows`; left to itself, the
+  compiler may instead keep the FSDP-split weights in place and gather every device's
+  rows: whole-batch [B, T, mlp] activations on each device), and the kernel runs per
+  device on its rows."""
+  attention: str = "xla"
   mesh: object = None
   batch_axes: tuple = ()
+
+  def rows(self, x):
+    """`x` [B, ...] with its rows split over the batch axes (no-op without a mesh)."""
+    if self.mesh is None or not self.batch_axes:
+      return x
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(self.mesh, PartitionSpec(self.batch_axes)))
 
 
 ATTENTION_KINDS = ("xla", "splash", "splash_interpret")
@@ -47,7 +58,7 @@ def _splash_kernel(length: int, group: int, interpret: bool):
     return splash.make_splash_mqa_single_device(mask, interpret=interpret)
 
 
-def splash_attention(q, k, v, valid, attention: Attention):
+def splash_attention(q, k, v, valid, layout: Layout):
   """Causal grouped-query attention of a segment over its own keys through the splash
   kernel: q [B, T, H, hd], k, v [B, H_kv, T, hd], valid [B, T] (padding gets segment 0,
   so it attends to padding only and real tokens never see it). Each kv head's query
@@ -62,16 +73,16 @@ def splash_attention(q, k, v, valid, attention: Attention):
     q_groups = jnp.moveaxis(q.reshape(batch, length + pad, kv_heads, heads // kv_heads, hd),
                             1, 3)                                    # [B, H_kv, g, T, hd]
     kernel = _splash_kernel(length + pad, heads // kv_heads,
-                            attention.kind == "splash_interpret")
+                            layout.attention == "splash_interpret")
     per_kv_head = jax.vmap(lambda q_, k_, v_, s: kernel(
         q_, k_, v_, segment_ids=splash.SegmentIds(q=s, kv=s)), in_axes=(0, 0, 0, None))
     out = jax.vmap(per_kv_head)(q_groups, k, v, segments)           # [B, H_kv, g, T, hd]
     return jnp.moveaxis(out, 3, 1).reshape(batch, length + pad, heads, hd)[:, :length]
 
-  if attention.mesh is None or not attention.batch_axes:
+  if layout.mesh is None or not layout.batch_axes:
     return local(q, k, v, valid)
-  rows = PartitionSpec(attention.batch_axes)
-  return jax.shard_map(local, mesh=attention.mesh, in_specs=(rows,) * 4, out_specs=rows,
+  rows = PartitionSpec(layout.batch_axes)
+  return jax.shard_map(local, mesh=layout.mesh, in_specs=(rows,) * 4, out_specs=rows,
                        check_vma=False)(q, k, v, valid)
 
 
@@ -97,9 +108,10 @@ def dense(x, w):
   return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + w.shape[1:])
 
 
-def mlp(p, x):
-  """SwiGLU."""
-  return dense(jax.nn.silu(dense(x, p["gate_proj"])) * dense(x, p["up_proj"]), p["down_proj"])
+def mlp(p, x, rows=lambda x: x):
+  """SwiGLU; `rows` places the [B, T, mlp] intermediate (`Layout.rows`)."""
+  return dense(rows(jax.nn.silu(dense(x, p["gate_proj"])) * dense(x, p["up_proj"])),
+               p["down_proj"])
 
 
 def rope(positions, config: Qwen3_5Config, dtype):
@@ -178,8 +190,7 @@ def attend(q, k, v, mask, scale, own=None):
 
 
 def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
-                   query_block: int = QUERY_BLOCK, attention: Attention = Attention(),
-                   valid=None):
+                   query_block: int = QUERY_BLOCK, layout: Layout = Layout(), valid=None):
   """Gated softmax attention with q/k RMSNorm, GQA and partial RoPE.
 
   Args:
@@ -191,8 +202,8 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
       that a decode step never copies it), and the slot where this segment starts.
     kv_mask: [B, T, S] boolean, which key slots each query may see (padding and causality).
     query_block: queries per block; the score tensor is [B, H, query_block, S] at most.
-    attention, valid: a segment without a cache attends through `attention` (`Attention`),
-      with `valid` [B, T] its real tokens.
+    layout, valid: a segment without a cache attends as `layout.attention` says
+      (`Layout`), with `valid` [B, T] its real tokens.
   Returns:
     ([B, T, D], (k, v) [B, H_kv, T, hd]: this segment's keys and values, to store).
   """
@@ -206,11 +217,11 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
   v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
   q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-  if attention.kind not in ATTENTION_KINDS:
-    raise ValueError(f"config.train.attention={attention.kind!r}: must be one of "
+  if layout.attention not in ATTENTION_KINDS:
+    raise ValueError(f"config.train.attention={layout.attention!r}: must be one of "
                      f"{ATTENTION_KINDS}")
-  if kv_cache is None and attention.kind != "xla":
-    out = splash_attention(q, k, v, valid, attention)
+  if kv_cache is None and layout.attention != "xla":
+    out = splash_attention(q, k, v, valid, layout)
   elif kv_cache is None:
     out = _blocked_attention(q, k, v, kv_mask, query_block, causal=True)
   else:

@@ -91,7 +91,7 @@ REMAT_POLICIES = {
 
 def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None, cache=None, *,
                   chunk_size: int = 64, remat: str = "none", embeddings=None, positions=None,
-                  attention: layers.Attention = layers.Attention()):
+                  layout: layers.Layout = layers.Layout()):
   """Final-norm hidden states [B, T, D] (and the new cache when one is given).
 
   Args:
@@ -105,15 +105,17 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
       in them: `multimodal.embed`).
     positions: [3, B, T] multimodal rotary positions (`multimodal.positions`) instead of
       the text positions; a cache then continues after the largest.
-    attention: how full attention runs without a cache (`layers.Attention`: XLA's blocked
-      softmax, or the Pallas splash kernel).
+    layout: how the layers run on the mesh (`layers.Layout`: rows kept split over the
+      batch axes; full attention without a cache by XLA's blocked softmax or the Pallas
+      splash kernel).
   """
   c = config
   batch, length = input_ids.shape
   mask = (jnp.ones((batch, length), bool) if attention_mask is None
           else attention_mask.astype(bool))
   dtype = params["embed"].dtype
-  h = jnp.take(params["embed"], input_ids, axis=0) if embeddings is None else embeddings
+  h = layout.rows(jnp.take(params["embed"], input_ids, axis=0) if embeddings is None
+                  else embeddings)
 
   start = jnp.zeros((batch,), jnp.int32) if cache is None else cache.position
   if positions is None:
@@ -170,12 +172,13 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
             jax.lax.dynamic_index_in_dim(cache.keys, j, keepdims=False),
             jax.lax.dynamic_index_in_dim(cache.values, j, keepdims=False), cache.index)
         x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask,
-                                          attention=attention, valid=mask)
+                                          layout=layout, valid=mask)
         new["keys"].append(k)
         new["values"].append(v)
         i_full += 1
-      h = h + x
-      h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"], c.rms_norm_eps))
+      h = layout.rows(h + x)
+      h = layout.rows(h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"],
+                                                                c.rms_norm_eps), layout.rows))
     if old is None:
       return h, None
     return h, {name: jnp.stack(xs).astype(getattr(cache, name).dtype)
