@@ -380,6 +380,8 @@ def _real_scale(c, size: str, root: str, mesh: str):
   c.student.dtype = "float32"                    # master weights; compute in bfloat16
   c.train.compute_dtype = "bfloat16"
   c.train.remat = "full"
+  if mesh.startswith("tpu"):   # O(T) attention memory: 66 vs 85 GiB a v5p chip at 2B (aot)
+    c.train.attention = "splash"
   c.train.chunk_rows = 128                      # a multiple of every mesh's batch shards
   c.train.optimizer.update(learning_rate=1e-6, warmup_steps=10, total_steps=200,
                            schedule="constant")
