@@ -143,9 +143,13 @@ class Sampler:
     self._programs: dict = {}
     if mesh is None:
       self.batch_shards = 1
+      self._layout = self.model.Layout()
     else:
       self.batch_shards = sharding_lib.shard_count("batch", mesh, rules)
       self._param_shardings = self.model.param_shardings(config, mesh, rules)
+      # the prefill's activations keep their rows split like the prompts (not gathered)
+      self._layout = self.model.Layout(mesh=mesh,
+                                       batch_axes=sharding_lib.mesh_axes_of("batch", mesh, rules))
 
   # -- sizes ---------------------------------------------------------------------------------
 
@@ -206,7 +210,7 @@ class Sampler:
       h_BxTxD, cache = self.model.hidden_states(c, params, ids_BxT, mask_BxT, cache,
                                                 chunk_size=self.chunk_size,
                                                 embeddings=embeddings_BxTxD,
-                                                positions=positions_3xBxT)
+                                                positions=positions_3xBxT, layout=self._layout)
       logits_BxV = self.model.logits_from_hidden(c, params, h_BxTxD[:, -1]).astype(jnp.float32)
       repeat = lambda axes, x: jnp.repeat(x, num_samples, axis=axes.index("batch")) if (
           "batch" in axes) else x
