@@ -107,10 +107,12 @@ class Learner:
   def _scorers(self) -> list[tuple[str, object, dict]]:
     """(field, jitted score program, params) of each other policy's log-probs the loss
     needs: the teacher's, the frozen reference's, the policy's own before the update."""
-    programs = {TEACHER: (self.teacher_score_fn, self._teacher_text),
-                REFERENCE: (self.score_fn, self.policies.ref_params),
-                BEFORE_UPDATE: (self.score_fn, self.state.params)}
-    return [(field, *programs[whose]) for field, whose in scored_fields(self.config, self.method)]
+    def program(whose):  # the teacher's scorer exists only for a method that needs it
+      if whose == TEACHER:
+        return self.teacher_score_fn, self._teacher_text
+      return self.score_fn, (self.policies.ref_params if whose == REFERENCE
+                             else self.state.params)
+    return [(field, *program(whose)) for field, whose in scored_fields(self.config, self.method)]
 
   def _scored(self, chunk: dict) -> dict:
     """A chunk with the log-probs of the other policies its loss needs, computed on the
