@@ -12,7 +12,6 @@ import pytest
 
 from zppo_jax import run_config
 from zppo_jax.data.records import Question
-from zppo_jax.sampler import padded_size
 from zppo_jax.rl import losses, methods, rollouts, stages
 from zppo_jax.rl.rollouts import BCQ, NCQ, ORIGINAL
 
@@ -51,15 +50,15 @@ def test_sample_shapes_are_fixed_by_the_config():
   shapes = stages.sample_shapes(c.questions_per_step, c.buffer, c.zppo, True,
                                  c.rollout.max_prompt_tokens, prompt_overhead=10)
   assert shapes["questions"] == {"rows": (4, 8), "prompt_slots": 64}
-  assert shapes["reformulated"] == {"rows": (8, 16), "prompt_slots": 512}
-  assert rollouts.call_shape(shapes["reformulated"], 5) == {"rows": 8, "prompt_slots": 512}
+  assert shapes["reformulated"] == {"rows": (8, 16), "prompt_slots": 384}   # 368 + 10, to 16s
+  assert rollouts.call_shape(shapes["reformulated"], 5) == {"rows": 8, "prompt_slots": 384}
   assert rollouts.call_shape(shapes["questions"], 9)["rows"] == 0  # past the most: own bucket
   # a vision-language run's prompts hold their images' tokens too (config.vision.max_tokens)
   shapes = stages.sample_shapes(c.questions_per_step, c.buffer, c.zppo, True,
                                 c.rollout.max_prompt_tokens, prompt_overhead=10,
                                 vision_tokens=16)
-  assert shapes["questions"]["prompt_slots"] == padded_size(64 + 16, 16) >= 80
-  assert shapes["reformulated"]["prompt_slots"] == padded_size(368 + 10 + 16, 16) >= 394
+  assert shapes["questions"]["prompt_slots"] == 80
+  assert shapes["reformulated"]["prompt_slots"] == 400
 
 
 def _config(**zppo):

@@ -24,7 +24,6 @@ from zppo_jax.data.records import Question
 from zppo_jax.data.tokenizer import GENERATION_PREFIX, Tokenizer
 from zppo_jax.rl import batching, prompts, replay_buffer, rollouts
 from zppo_jax.rl.rollouts import BCQ, NCQ, ORIGINAL, Group
-from zppo_jax.sampler import padded_size
 
 LONG_QUESTIONS = ("skip", "cut")
 
@@ -122,12 +121,14 @@ def sample_shapes(questions_per_step: int, buffer_cfg, zppo_cfg, reformulates: b
   per_question = ((zppo_cfg.bcq_per_question if zppo_cfg.bcq else 0)
                   + (1 if zppo_cfg.ncq else 0)) if reformulates else 0
   row_buckets = lambda rows: tuple(sorted({max(1, rows // 2), rows}))
-  slots = padded_size(max_prompt_tokens + vision_tokens, 16) if max_prompt_tokens else 0
+  # slots a multiple of 16, not the next power of two: 8192 BCQ/NCQ tokens and the chat
+  # template took 16384 slots, a cache 1.6x the size (zppo_jax.aot's compile at 2B)
+  fit = lambda n: -(-n // 16) * 16
+  slots = fit(max_prompt_tokens + vision_tokens) if max_prompt_tokens else 0
   return {"questions": dict(rows=row_buckets(most), prompt_slots=slots),
           "reformulated": dict(rows=row_buckets(most * max(per_question, 1)),
-                               prompt_slots=padded_size(
-                                   zppo_cfg.max_prompt_tokens + prompt_overhead
-                                   + vision_tokens, 16))}
+                               prompt_slots=fit(zppo_cfg.max_prompt_tokens + prompt_overhead
+                                                + vision_tokens))}
 
 
 # ------------------------------------------------------------------------------ teacher in prompts
