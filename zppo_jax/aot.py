@@ -147,7 +147,7 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
   out.append(Program("train_step", lambda: step.lower(state, {**chunk, **scored})["accumulate"],
                      ("student params",), "train", rows * length,
                      6.0 * n_student * rows * length))
-  out.append(Program("optimizer_update", lambda: step.lower(state, chunk)["apply"],
+  out.append(Program("optimizer_update", lambda: step.lower(state)["apply"],
                      ("student params", "optimizer state"), "update"))
   for field, whose in scorers.items():
     if whose == learner.TEACHER:
