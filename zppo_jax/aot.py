@@ -140,8 +140,7 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
   length = batching.bucket_of(min(longest, buckets[-1]), buckets)
   spec = ts.batch_sharding(mesh, rules)
   chunk = learner.chunk_shapes(config.train, length, spec)
-  scored = {field: jax.ShapeDtypeStruct(chunk["tokens"].shape, jnp.float32, sharding=spec)
-            for field in scorers}
+  scored = learner.score_shapes(scorers, chunk)
   step = ts.TrainStep(student, optimizer, config.train, mesh, shardings, rules)
   rows, n_student = config.train.chunk_rows, _param_count(student)
   out.append(Program("train_step", lambda: step.lower(state, {**chunk, **scored})["accumulate"],

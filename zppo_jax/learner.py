@@ -124,12 +124,9 @@ class Learner:
 
   def _scored_shapes(self, chunk: dict) -> dict:
     """The fields `_scored` adds to such a chunk, after compiling the programs that score it."""
-    out = {}
     for name, fn, params in self._scorers():
       fn.lower(params, _scorer_fields(name, chunk)).compile()
-      tokens = chunk["tokens"]
-      out[name] = jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
-    return out
+    return score_shapes([name for name, _, _ in self._scorers()], chunk)
 
   def precompile(self, longest_row: int):
     """The update's and the scorers' programs for every chunk length up to `longest_row`."""
@@ -196,6 +193,13 @@ def scored_fields(config, method: Method) -> list[tuple[str, str]]:
   return ([("teacher_logprobs", TEACHER)] if method.teacher == LOGPROBS else []) + (
       [("ref_logprobs", REFERENCE)] if config.train.loss.beta or config.log.kl_to_start
       else []) + ([("old_logprobs", BEFORE_UPDATE)] if config.num_iterations > 1 else [])
+
+
+def score_shapes(fields, chunk: dict) -> dict:
+  """{field: ShapeDtypeStruct}: the [R, T] float32 log-probs each scorer adds to `chunk`."""
+  tokens = chunk["tokens"]
+  return {f: jax.ShapeDtypeStruct(tokens.shape, jnp.float32, sharding=tokens.sharding)
+          for f in fields}
 
 
 def chunk_shapes(train_cfg, length: int, spec, vision_fields=None) -> dict:
