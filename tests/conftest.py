@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random Qwen3.5 checkpoints written by `transformers` itself."""
 
+import gc
 import os
 import shutil
 import tempfile
@@ -18,10 +19,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+
+from zppo_jax import sampler  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -102,6 +106,18 @@ def hf_multimodal(tmp_path_factory):
   safetensors.torch.save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
   (path / "tokenizer_config.json").write_text('{"model_max_length": 64}')
   return model, str(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Frees each module's compiled programs when it ends. XLA:CPU maps every executable's
+  code in pages of its own, and the suite's few thousand compiles, all kept alive by JAX's
+  caches, reached the kernel's 65530-map limit (vm.max_map_count) late in the run, where
+  the next compile's mmap failed and the process died (segfault or abort)."""
+  yield
+  sampler._shared_sampler.cache_clear()
+  jax.clear_caches()
+  gc.collect()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -142,33 +142,39 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   num_blocks = c.num_hidden_layers // period
   per_block = {LINEAR: pattern.count(LINEAR), FULL: pattern.count(FULL)}
   conv0 = jnp.zeros((batch, c.linear_conv_kernel_dim - 1, c.linear_conv_dim), dtype)
-  # Each block takes its layers' conv and delta-rule states as scan inputs and returns the
-  # new ones whole (a decode step rewrites them anyway). It reads the KV stacks in place
-  # and returns only the segment's own keys and values, which one update writes into the
-  # stacks after the scan: a layer that wrote its slots inside the scan and read them back
-  # would make XLA copy the whole KV cache on every decode step.
+  # The conv and delta-rule state stacks ride in the scan's carry: each layer reads its slot
+  # and writes it back, in place (as scan inputs and outputs they were a second copy of
+  # the states, a cache-sized temporary of every decode step on TPU). The KV stacks are read
+  # in place and each block returns only the segment's own keys and values, which one update
+  # writes into the stacks after the scan: a layer that wrote its slots inside the scan and
+  # read them back would make XLA copy the whole KV cache on every decode step.
   states = None if cache is None else {"conv": cache.conv, "recurrent": cache.recurrent}
 
-  def block(h, xs):
-    p_lin, p_full, b, old = xs
+  def block(carry, xs):
+    h, states = carry
+    p_lin, p_full, b = xs
     i_lin = i_full = 0
-    new = {"conv": [], "recurrent": [], "keys": [], "values": []}
+    new = {"keys": [], "values": []}
     for layer_type in pattern:
       if layer_type == LINEAR:
         p = jax.tree.map(lambda x: x[i_lin], p_lin)
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
-        conv, rec = (conv0, None) if old is None else (old["conv"][i_lin],
-                                                       old["recurrent"][i_lin])
+        j = b * per_block[LINEAR] + i_lin
+        conv, rec = (conv0, None) if states is None else (
+            jax.lax.dynamic_index_in_dim(states["conv"], j, keepdims=False),
+            jax.lax.dynamic_index_in_dim(states["recurrent"], j, keepdims=False))
         x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
                                              recurrent_state=rec, chunk_size=chunk_size)
-        new["conv"].append(conv)
-        new["recurrent"].append(rec)
+        if states is not None:
+          states = {name: jax.lax.dynamic_update_index_in_dim(
+              states[name], value.astype(states[name].dtype), j, 0)
+              for name, value in (("conv", conv), ("recurrent", rec))}
         i_lin += 1
       else:
         p = jax.tree.map(lambda x: x[i_full], p_full)
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
         j = b * per_block[FULL] + i_full
-        kv = None if old is None else (  # read in place: the KV stacks are not scanned over
+        kv = None if cache is None else (  # read in place: the KV stacks are not scanned over
             jax.lax.dynamic_index_in_dim(cache.keys, j, keepdims=False),
             jax.lax.dynamic_index_in_dim(cache.values, j, keepdims=False), cache.index)
         x, (k, v) = layers.full_attention(p, x, cos, sin, c, kv_cache=kv, kv_mask=kv_mask,
@@ -179,18 +185,18 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
       h = layout.rows(h + x)
       h = layout.rows(h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"],
                                                                 c.rms_norm_eps), layout.rows))
-    if old is None:
-      return h, None
-    return h, {name: jnp.stack(xs).astype(getattr(cache, name).dtype)
-               for name, xs in new.items() if xs}
+    if cache is None:
+      return (h, states), None
+    return (h, states), {name: jnp.stack(xs).astype(getattr(cache, name).dtype)
+                         for name, xs in new.items() if xs}
 
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
   if REMAT_POLICIES[remat] is not None:
     block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
   xs = (_blocks(params["linear"], num_blocks), _blocks(params["full"], num_blocks),
-        jnp.arange(num_blocks), None if states is None else _blocks(states, num_blocks))
-  h, written = jax.lax.scan(block, h, xs)
+        jnp.arange(num_blocks))
+  (h, states), written = jax.lax.scan(block, (h, states), xs)
   h = layers.rms_norm(h, params["final_norm"], c.rms_norm_eps)
   if cache is None:
     return h
@@ -208,7 +214,7 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
     return jax.lax.dynamic_update_slice(stack, segment, (0, 0, 0, cache.index, 0))
 
   new_cache = Cache(
-      conv=written.get("conv", cache.conv), recurrent=written.get("recurrent", cache.recurrent),
+      conv=states["conv"], recurrent=states["recurrent"],
       keys=store("keys", cache.keys), values=store("values", cache.values),
       valid=valid, index=cache.index + length, position=next_position)
   return h, new_cache
