@@ -191,12 +191,12 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
     def lower(part, sampler=sampler, call_params=call_params, n=n, slots=slots, new=new,
               samples=samples, temperature=temperature, top_p=top_p, lowered=lowered):
       if not lowered:
-        lowered.update(sampler.lower(call_params, n, slots, max_new_tokens=new,
-                                     num_samples=samples, greedy=temperature == 0,
+        lowered.update(sampler.lower(call_params, n, slots, max_new_tokens=new, rows=n,
+                                     prompt_slots=slots, num_samples=samples, greedy=temperature == 0,
                                      filter_top_p=top_p < 1.0, stop_slots=stop_slots))
       return lowered[part]
 
-    prompt_rows, prompt_slots, _ = sampler.shapes(n, slots, new)
+    prompt_rows, prompt_slots, _ = sampler.shapes(n, slots, new, n, slots)
     weights = 2.0 * _param_count(sampler.config)
     out.append(Program(f"{name}_prefill", lambda lower=lower: lower("prefill"), (resident,),
                        "prefill", prompt_rows * prompt_slots,

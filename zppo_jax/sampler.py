@@ -319,12 +319,14 @@ class Sampler:
                   prompt_slots=prompt_slots, new_slots=new_slots, **settings)
 
   def lower(self, params, num_prompts: int, prompt_len: int, *, max_new_tokens: int,
-            num_samples: int = 1, greedy: bool = False, top_k: int = 0,
-            filter_top_p: bool = False, stop_slots: int = 8) -> dict:
+            rows: int = 0, prompt_slots: int = 0, new_slots: int = 0, num_samples: int = 1,
+            greedy: bool = False, top_k: int = 0, filter_top_p: bool = False,
+            stop_slots: int = 8) -> dict:
     """{"prefill", "decode"}: the programs a `generate` call of these sizes and settings
     runs, lowered for `params` (arrays or ShapeDtypeStructs) and not run: what
     `zppo_jax.aot` compiles for a TPU slice it does not have."""
-    rows, prompt_slots, new_slots = self.shapes(num_prompts, prompt_len, max_new_tokens)
+    rows, prompt_slots, new_slots = self.shapes(num_prompts, prompt_len, max_new_tokens, rows,
+                                                prompt_slots, new_slots)
     dtype, n = params["embed"].dtype, rows * num_samples
     ids = jax.ShapeDtypeStruct((rows, prompt_slots), jnp.int32)
     cache = jax.eval_shape(lambda: self.model.init_cache(self.config, n,

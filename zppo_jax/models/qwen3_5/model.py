@@ -81,6 +81,16 @@ def _blocks(tree, num_blocks):
       lambda x: x.reshape((num_blocks, x.shape[0] // num_blocks) + x.shape[1:]), tree)
 
 
+def _after_reads(value, h, batch_axis: int):
+  """`value` (a cache write) made to depend on `h` [B, T, D], which needed every read of
+  the old cache: without the order XLA copies the whole buffer to keep the reads' version (an
+  optimization barrier does not survive XLA's CPU pipeline). It adds 0 to each row, or NaN
+  to a row whose hidden state already is NaN."""
+  shape = [1] * value.ndim
+  shape[batch_axis] = h.shape[0]
+  return value + (0.0 * h[:, -1, 0]).reshape(shape).astype(value.dtype)
+
+
 # Rematerialisation of each layer block in the backward pass, by name: what it keeps.
 REMAT_POLICIES = {
     "none": None,                                                     # keep all activations
@@ -142,9 +152,12 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   num_blocks = c.num_hidden_layers // period
   per_block = {LINEAR: pattern.count(LINEAR), FULL: pattern.count(FULL)}
   conv0 = jnp.zeros((batch, c.linear_conv_kernel_dim - 1, c.linear_conv_dim), dtype)
-  # The conv and delta-rule state stacks ride in the scan's carry: each layer reads its slot
-  # and writes it back, in place (as scan inputs and outputs they were a second copy of
-  # the states, a cache-sized temporary of every decode step on TPU). The KV stacks are read
+  # The conv and delta-rule state stacks ride in the scan's carry and are updated in place
+  # (as scan inputs and outputs they were a second copy of the states, a cache-sized
+  # temporary of every decode step on TPU): each layer writes its delta-rule slot after its
+  # reads, and a block its layers' conv slots at once (written per layer, XLA copied the
+  # conv stack whole on every layer; stacked per block, the delta-rule states took a
+  # block-sized temporary on TPU). Both writes follow the reads (`_after_reads`). The KV stacks are read
   # in place and each block returns only the segment's own keys and values, which one update
   # writes into the stacks after the scan: a layer that wrote its slots inside the scan and
   # read them back would make XLA copy the whole KV cache on every decode step.
@@ -154,21 +167,23 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
     h, states = carry
     p_lin, p_full, b = xs
     i_lin = i_full = 0
-    new = {"keys": [], "values": []}
+    new = {"keys": [], "values": [], "conv": []}
+    first = b * per_block[LINEAR]
+    convs = None if states is None or not per_block[LINEAR] else (
+        jax.lax.dynamic_slice_in_dim(states["conv"], first, per_block[LINEAR]))
     for layer_type in pattern:
       if layer_type == LINEAR:
         p = jax.tree.map(lambda x: x[i_lin], p_lin)
         x = layers.rms_norm(h, p["input_norm"], c.rms_norm_eps)
-        j = b * per_block[LINEAR] + i_lin
         conv, rec = (conv0, None) if states is None else (
-            jax.lax.dynamic_index_in_dim(states["conv"], j, keepdims=False),
-            jax.lax.dynamic_index_in_dim(states["recurrent"], j, keepdims=False))
+            convs[i_lin],
+            jax.lax.dynamic_index_in_dim(states["recurrent"], first + i_lin, keepdims=False))
         x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
                                              recurrent_state=rec, chunk_size=chunk_size)
         if states is not None:
-          states = {name: jax.lax.dynamic_update_index_in_dim(
-              states[name], value.astype(states[name].dtype), j, 0)
-              for name, value in (("conv", conv), ("recurrent", rec))}
+          new["conv"].append(conv)
+          states = dict(states, recurrent=jax.lax.dynamic_update_index_in_dim(
+              states["recurrent"], _after_reads(rec, x, 0), first + i_lin, 0))
         i_lin += 1
       else:
         p = jax.tree.map(lambda x: x[i_full], p_full)
@@ -187,8 +202,12 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
                                                                 c.rms_norm_eps), layout.rows))
     if cache is None:
       return (h, states), None
-    return (h, states), {name: jnp.stack(xs).astype(getattr(cache, name).dtype)
-                         for name, xs in new.items() if xs}
+    if new["conv"]:  # one write of the block's conv slots, after every read of them
+      states = dict(states, conv=jax.lax.dynamic_update_slice_in_dim(
+          states["conv"], _after_reads(jnp.stack(new["conv"]).astype(states["conv"].dtype),
+                                       h, 1), first, 0))
+    return (h, states), {name: jnp.stack(new[name]).astype(getattr(cache, name).dtype)
+                         for name in ("keys", "values") if new[name]}
 
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
@@ -201,16 +220,11 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   if cache is None:
     return h
   written = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), written)  # [L, ...]
-  # The writes must follow every read of the old slots, or XLA copies the KV buffers whole
-  # to keep the reads' version: a data dependency on h (which needs every read) orders
-  # them (an optimization barrier does not survive XLA's CPU pipeline). It adds 0 to each
-  # row's keys, or NaN to a row whose hidden state already is NaN.
-  after_reads = (0.0 * h[:, -1, 0])[None, :, None, None, None]
-
+  # The writes follow every read of the old slots (`_after_reads`).
   def store(name, stack):  # a model without layers of a kind keeps its empty stacks
     if name not in written:
       return stack
-    segment = (written[name] + after_reads).astype(stack.dtype)
+    segment = _after_reads(written[name].astype(stack.dtype), h, 1)
     return jax.lax.dynamic_update_slice(stack, segment, (0, 0, 0, cache.index, 0))
 
   new_cache = Cache(
