@@ -38,10 +38,12 @@ def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", nargs="+", required=True)
   parser.add_argument("--out", required=True)
-  parser.add_argument("--programs", nargs="*", default=(), help="only these (zppo_jax.aot)")
+  parser.add_argument("--programs", nargs="*", default=(),
+                      help="only these (zppo_jax.aot), space- or comma-separated")
   parser.add_argument("--override", nargs="*", default=(),
                       help="config fields for every run, e.g. train.chunk_rows=32")
   args = parser.parse_args(argv)
+  programs = [name for item in args.programs for name in item.split(",") if name]
   results = {}
   for run in args.runs:
     size, topology = run.split("@")
@@ -54,8 +56,8 @@ def main(argv):
       for name in parents:
         node = node[name]
       node[leaf] = type(node[leaf])(value)
-    report = aot.run(config, topology, only=args.programs, log=lambda m: print(f"{run}: {m}", file=sys.stderr,
-                                                            flush=True))
+    log = lambda m, run=run: print(f"{run}: {m}", file=sys.stderr, flush=True)
+    report = aot.run(config, topology, only=programs, log=log)
     parts = memory.estimate(config, report["devices"])
     report["memory_py"] = parts
     results[run] = report

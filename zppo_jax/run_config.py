@@ -39,6 +39,18 @@ MESHES = {
                                     # the 0.8B/2B's 2 KV heads do not split 4 ways)
 }
 
+# Rows of a gradient chunk (14336 tokens each at these settings), per mesh and student size:
+# the train step's activations scale with the rows a device holds. From zppo_jax.aot's TPU
+# compiles (benchmarks/RESULTS.md): 4 rows a chip take 66.6 GiB at 2B and 2 rows 69.4 GiB at
+# 9B on a v5p-64 (4 rows at 9B: 107 GiB, refused); 1 row a chip 19.2 GiB at 2B on a v6e-32.
+# The GPU rows keep 4 (2 at 9B) a device on 16 H100s: not compiled here.
+CHUNK_ROWS = {
+    "cpu": dict.fromkeys(SIZES, 128),
+    "gpu_8xh100": {"0.8b": 64, "2b": 64, "4b": 64, "9b": 32},
+    "tpu_v5p": {"0.8b": 128, "2b": 128, "4b": 128, "9b": 64},
+    "tpu_v6e": dict.fromkeys(SIZES, 32),
+}
+
 
 # config.mesh.rules' default (sharding.py): logical axis -> mesh axis (or tuple of mesh axes,
 # or None = replicated); the mesh axes are (data, fsdp, tensor).
@@ -382,7 +394,7 @@ def _real_scale(c, size: str, root: str, mesh: str):
   c.train.remat = "full"
   if mesh.startswith("tpu"):   # O(T) attention memory: 66 vs 85 GiB a v5p chip at 2B (aot)
     c.train.attention = "splash"
-  c.train.chunk_rows = 128                      # a multiple of every mesh's batch shards
+  c.train.chunk_rows = CHUNK_ROWS[mesh][size]
   c.train.optimizer.update(learning_rate=1e-6, warmup_steps=10, total_steps=200,
                            schedule="constant")
   c.total_steps = 200

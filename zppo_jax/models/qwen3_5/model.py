@@ -157,10 +157,10 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   # temporary of every decode step on TPU): each layer writes its delta-rule slot after its
   # reads, and a block its layers' conv slots at once (written per layer, XLA copied the
   # conv stack whole on every layer; stacked per block, the delta-rule states took a
-  # block-sized temporary on TPU). Both writes follow the reads (`_after_reads`). The KV stacks are read
-  # in place and each block returns only the segment's own keys and values, which one update
-  # writes into the stacks after the scan: a layer that wrote its slots inside the scan and
-  # read them back would make XLA copy the whole KV cache on every decode step.
+  # block-sized temporary on TPU). Both writes follow the reads (`_after_reads`). The KV
+  # stacks are read in place and each block returns only the segment's own keys and values,
+  # which one update writes into the stacks after the scan: a layer that wrote its slots
+  # inside the scan and read them back would make XLA copy the whole KV cache every step.
   states = None if cache is None else {"conv": cache.conv, "recurrent": cache.recurrent}
 
   def block(carry, xs):
