@@ -192,8 +192,9 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
               samples=samples, temperature=temperature, top_p=top_p, lowered=lowered):
       if not lowered:
         lowered.update(sampler.lower(call_params, n, slots, max_new_tokens=new, rows=n,
-                                     prompt_slots=slots, num_samples=samples, greedy=temperature == 0,
-                                     filter_top_p=top_p < 1.0, stop_slots=stop_slots))
+                                     prompt_slots=slots, num_samples=samples,
+                                     greedy=temperature == 0, filter_top_p=top_p < 1.0,
+                                     stop_slots=stop_slots))
       return lowered[part]
 
     prompt_rows, prompt_slots, _ = sampler.shapes(n, slots, new, n, slots)
