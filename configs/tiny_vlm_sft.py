@@ -2,7 +2,8 @@
 text models grown into VLMs (`zppo_jax.tiny_vlm`: vision tokens, a random tower), then
 off-policy distillation (SFT) on the drawn arithmetic task (`data.visual`), tower frozen;
 half of the rows only ask what the image shows, so that reading is learned apart from the
-arithmetic the text models already do.
+arithmetic the text models already do; a quarter of the student's other rows show candidate
+solutions beside the image (as BCQ/NCQ prompts will), in formats that are not ZPPO's.
 
     python -m zppo_jax.tiny_vlm --out /tmp/tiny_vlm_grown
     python -m zppo_jax.train --config configs/tiny_vlm_sft.py:student --workdir /tmp/vlm_sft_s
@@ -34,13 +35,15 @@ def get_config(role="student"):
   c.teacher.source = "dataset"
   c.data.update(source="synthetic:visual", level_weights=LEVELS[role],
                 styles=("worked", "direct") if role == "student" else ("worked",),
-                read_fraction=0.5)   # half the rows only ask what the image shows
+                read_fraction=0.5,   # half the rows only ask what the image shows
+                review_fraction=0.25 if role == "student" else 0.0)
   c.distill.student_rollouts = False
   c.questions_per_step = 32
   c.total_steps = STEPS[role]
   c.train.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=20,
                            total_steps=STEPS[role], weight_decay=0.01)
-  c.rollout.max_prompt_tokens = 64
+  # review rows hold up to three candidates: ~300 tokens of prompt (tiny_sft.py)
+  c.rollout.max_prompt_tokens = 512 if role == "student" else 64
   c.train.update(chunk_rows=16, length_bucket=128, delta_chunk_size=32)  # CPU (tiny.py)
   c.eval.update(benchmarks=("visual=synthetic:visual_heldout;limit=64",), every=250, k=2)
   c.checkpoint.every = 250

@@ -1,8 +1,10 @@
-"""Video preprocessing by hand-computed cases (transformers' Qwen3-VL video processor needs
-torchvision, which has no wheel for this CPU torch): frame sampling, the clip's size rule,
-the patch layout with temporal padding, the timestamps and the prompt text."""
+"""Video preprocessing: hand-computed cases, and transformers' Qwen3-VL video processor
+where it runs without torchvision (which has no wheel for this CPU torch): frame sampling,
+the clip's size rule, the patch layout with temporal padding, the timestamps and the
+prompt text."""
 
 import dataclasses
+import importlib
 import os
 
 import numpy as np
@@ -112,3 +114,60 @@ def test_a_questions_videos_are_references_read_as_frames(tmp_path):
     video.open_clip("empty", str(tmp_path))
   with pytest.raises(DataError, match="field 'videos' must be a list of strings"):
     parse_row({"id": 2, "question": "q", "answer": "1", "videos": "clip"}, "row 2")
+
+
+def _transformers_qwen3_vl(name):
+  """A transformers module of Qwen3-VL imported whole (the package's lazy name asks for
+  torchvision on first use)."""
+  return importlib.import_module(f"transformers.models.qwen3_vl.{name}")
+
+
+def _transformers_video_processor(settings):
+  return _transformers_qwen3_vl("video_processing_qwen3_vl").Qwen3VLVideoProcessor(
+      patch_size=settings.patch_size, temporal_patch_size=settings.temporal_patch_size,
+      merge_size=settings.merge_size, fps=settings.fps, min_frames=settings.min_frames,
+      max_frames=settings.max_frames, image_mean=list(settings.image_mean),
+      image_std=list(settings.image_std),
+      size={"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels})
+
+
+def test_the_video_path_equals_transformers_video_processor_on_the_grid():
+  """transformers' own Qwen3-VL video processor and processor code, where it runs without
+  torchvision (not installable beside this CPU torch; it resizes and normalises): frame
+  sampling, the clip's size rule, temporal padding and patch order on clips already on the
+  grid, the timestamps and the prompt text of a clip."""
+  import torch
+  from transformers.video_utils import VideoMetadata
+  processor = _transformers_video_processor(SETTINGS)
+  for total, fps in ((90, 30.0), (7, 24.0), (3, 24.0), (50, None), (1000, 25.0), (91, 29.97)):
+    metadata = VideoMetadata(total_num_frames=total, fps=fps or video.UNKNOWN_FPS)
+    np.testing.assert_array_equal(video.sample_frames(total, fps, SETTINGS),
+                                  processor.sample_frames(metadata), err_msg=f"{total}@{fps}")
+  for frames, height, width in ((4, 64, 96), (8, 480, 640), (2, 32, 32), (5, 70, 33),
+                                (16, 1080, 1920), (3, 20, 300)):
+    ours = video.smart_resize(frames, height, width, 2, 32, SETTINGS.min_pixels,
+                              SETTINGS.max_pixels)
+    assert ours == _transformers_qwen3_vl("video_processing_qwen3_vl").smart_resize(
+        frames, height, width, temporal_factor=2, factor=32, min_pixels=SETTINGS.min_pixels,
+        max_pixels=SETTINGS.max_pixels), (frames, height, width)
+  rng = np.random.default_rng(1)
+  for count in (5, 4):   # an odd count is padded with its last frame
+    frames = rng.integers(0, 256, (count, 64, 96, 3), dtype=np.uint8)
+    patches, grid = video.preprocess(list(frames), SETTINGS)
+    # the normalisation by hand (transformers' runs through torchvision), the layout theirs
+    clip = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    theirs, *their_grid = processor.patchify(clip[None], patch_size=16, merge_size=2,
+                                             temporal_patch_size=2)
+    assert grid == tuple(their_grid)
+    np.testing.assert_allclose(patches, theirs[0].numpy(), atol=1e-6, rtol=0)
+  # the prompt text: transformers' processor code on the same grid and frame indices
+  text_processor = object.__new__(_transformers_qwen3_vl("processing_qwen3_vl").Qwen3VLProcessor)
+  text_processor.video_processor, text_processor.video_token = processor, "<|video_pad|>"
+  text_processor.vision_start_token = "<|vision_start|>"
+  text_processor.vision_end_token = "<|vision_end|>"
+  kept = video.sample_frames(91, 29.97, SETTINGS)   # 6 frames: 3 temporal patches
+  grid = (3, 4, 6)
+  metadata = VideoMetadata(total_num_frames=91, fps=29.97, frames_indices=kept)
+  expected = text_processor.replace_video_token(
+      {"video_grid_thw": torch.tensor([grid]), "video_metadata": [metadata]}, 0)
+  assert video.placeholder(grid, video.timestamps(kept, 29.97, 2), 2) == expected

@@ -149,3 +149,34 @@ def test_reading_rows_ask_what_the_image_shows():
                         [r["answer"] for r in read]).min() == 1.0
   with pytest.raises(ValueError, match="read_fraction must be in"):
     visual.VisualArithmeticSource(4, read_fraction=2.0)
+
+
+def test_review_rows_show_candidates_beside_the_image():
+  """The VLM student's SFT shows it text candidates beside the image (as BCQ/NCQ prompts
+  will), in formats that are not ZPPO's; the question, its image and its gold stay those of
+  the drawn row, and the target is the right worked solution."""
+  from zppo_jax.rl import prompts, rewards
+  plain = visual.VisualArithmeticSource(64, read_fraction=0.25)
+  source = visual.VisualArithmeticSource(64, read_fraction=0.25, review_fraction=0.5)
+  rows, plain_rows = [source.row(i) for i in range(64)], [plain.row(i) for i in range(64)]
+  review = [(r, p) for r, p in zip(rows, plain_rows) if r["id"].endswith("-review")]
+  assert 8 < len(review) < 40
+  # reading rows stay where they were; review rows replace drawn rows only
+  assert [r["question"] == visual.READ for r in rows] == \
+      [p["question"] == visual.READ for p in plain_rows]
+  grader = rewards.Grader()
+  for r, p in review:
+    assert r["images"] == p["images"] and r["answer"] == p["answer"]
+    assert r["id"] == p["id"] + "-review" and visual.QUESTION in r["question"]
+    assert "### Response" not in r["question"]
+    assert prompts.BCQ_INSTRUCTION not in r["question"] and prompts.NCQ_INSTRUCTION not in r["question"]
+    expression = p["images"][0][len(visual.SCHEME):]
+    spaced = expression[0] + "".join(f" {c} " if c in "+-*" else c for c in expression[1:])
+    # every candidate says what it read; the target reads it and is right
+    assert r["question"].count(f"The image shows {spaced}.") >= 1
+    target, = r["teacher_responses"]
+    assert target.startswith(f"<think>\nThe image shows {spaced}.\n")
+    assert target.count("\n") > 3   # worked, step by step (also for a student's "direct" style)
+    assert grader.rewards([target], [r["answer"]])[0] == 1.0
+  with pytest.raises(ValueError, match="review_fraction must be in"):
+    visual.VisualArithmeticSource(4, review_fraction=-0.1)

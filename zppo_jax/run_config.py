@@ -142,7 +142,8 @@ def base_config() -> ml_collections.ConfigDict:
       styles=("worked",),       # synthetic: solution styles of a row's teacher_responses
                                 # (worked | direct; data.synthetic.ArithmeticSource)
       review_fraction=0.0,      # synthetic: share of rows that show candidate solutions
-                                # in their question (how the tiny student learns to read them)
+                                # in their question (how the tiny student learns to read them;
+                                # synthetic:visual: share of the rows that are not read rows)
       read_fraction=0.0,        # synthetic:visual: share of rows that only ask what the
                                 # image shows (how the tiny VLMs learn to read it)
       format="",                # "" = our own rows (or a TFDS preset); else a row format of

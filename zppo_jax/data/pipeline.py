@@ -140,6 +140,7 @@ def training_source(data_cfg, seed: int):
     return visual.VisualArithmeticSource(data_cfg.synthetic_size, seed=seed,
                                          level_weights=tuple(data_cfg.level_weights),
                                          styles=tuple(data_cfg.styles),
-                                         read_fraction=data_cfg.read_fraction)
+                                         read_fraction=data_cfg.read_fraction,
+                                         review_fraction=data_cfg.review_fraction)
   source = sources.open_rows(spec, "train", data_cfg.tfds_data_dir, raw=bool(fmt))
   return benchmarks.FormattedSource(source, fmt) if fmt else source

@@ -61,7 +61,7 @@ def _columns(a: int, op: str, b: int, slip: int | None = None) -> tuple[list[str
   return steps, written
 
 
-def _worked(a: int, op: str, b: int, slip: int | None = None) -> str:
+def worked(a: int, op: str, b: int, slip: int | None = None) -> str:
   """Step-by-step solution, column by column (a - b with a < b as -(b - a)); `slip` (a
   column) makes one step off by one and the answer wrong with it."""
   if op == "-" and a < b:
@@ -182,22 +182,22 @@ class ArithmeticSource(_Rows):
     row_id = f"{prefix}-{self.seed}-{index}-L{level}"
     review = np.random.default_rng([self.seed, index, 2])  # apart: the question stays the same
     if review.random() < self.review_fraction:
-      candidates = [self._candidate(a, op, b, review) for _ in range(1 + review.integers(3))]
+      candidates = [self.candidate(a, op, b, review) for _ in range(1 + review.integers(3))]
       return {"id": row_id + "-review", "answer": str(answer),
               "question": review_question(question, candidates,
                                           int(review.integers(len(REVIEW_FORMATS)))),
-              "teacher_responses": [_worked(a, op, b)]}
-    solutions = {"worked": _worked(a, op, b), "direct": _direct(a, op, b, answer)}
+              "teacher_responses": [worked(a, op, b)]}
+    solutions = {"worked": worked(a, op, b), "direct": _direct(a, op, b, answer)}
     return {"id": row_id, "question": question, "answer": str(answer),
             "teacher_responses": [solutions[style] for style in self.styles]}
 
   @staticmethod
-  def _candidate(a: int, op: str, b: int, rng: np.random.Generator) -> str:
+  def candidate(a: int, op: str, b: int, rng: np.random.Generator) -> str:
     """A right or wrong (a slipped step, or a wrong direct answer) candidate solution."""
-    right, worked = rng.random() < 0.5, rng.random() < 0.75
-    if worked:
+    right, stepwise = rng.random() < 0.5, rng.random() < 0.75
+    if stepwise:
       places = len(str(a)) if op == "*" else max(len(str(a)), len(str(b)))
-      return _worked(a, op, b, None if right else int(rng.integers(places)))
+      return worked(a, op, b, None if right else int(rng.integers(places)))
     miss = int(rng.choice([-10, -1, 1, 10]))
     return _direct(a, op, b, _answer(a, op, b) + (0 if right else miss))
 

@@ -6,8 +6,8 @@ the last frame, and cut into (time, row, column) patches in merge-block order. I
 each temporal patch of frames stands behind its timestamp (`placeholder`).
 
 Resizing uses PIL's bicubic filter; transformers resizes videos with torchvision (not
-installable beside this project's CPU torch, so not compared here), whose antialiased
-bicubic can differ slightly for clips that are not already on the grid.
+installable beside this project's CPU torch, so only clips already on the grid are compared
+with it), whose antialiased bicubic can differ slightly for clips that are not.
 """
 
 from __future__ import annotations

@@ -59,15 +59,37 @@ def open_key(reference: str) -> Image.Image | None:
   return render(reference[len(SCHEME):]) if reference.startswith(SCHEME) else None
 
 
+def _expression(row: dict) -> str:
+  return row["question"].removeprefix("Compute ").removesuffix(".")
+
+
+def _seen(expression: str, solution: str) -> str:
+  """`solution` that first says what the image shows."""
+  return solution.replace("<think>\n", f"<think>\nThe image shows {expression}.\n", 1)
+
+
 def _drawn(row: dict) -> dict:
   """An arithmetic row as its visual question: the expression moves into the image, and
   each solution first says what the image shows."""
-  expression = row["question"].removeprefix("Compute ").removesuffix(".")
-  seen = f"The image shows {expression}.\n"
+  expression = _expression(row)
   return {**row, "id": "visual-" + row["id"], "question": QUESTION,
           "images": [SCHEME + expression.replace(" ", "")],
-          "teacher_responses": [r.replace("<think>\n", "<think>\n" + seen, 1)
-                                for r in row.get("teacher_responses", [])]}
+          "teacher_responses": [_seen(expression, r) for r in row.get("teacher_responses", [])]}
+
+
+def _reviewed(row: dict, rng: np.random.Generator) -> dict:
+  """A drawn row whose prompt also shows one to three candidate solutions in text (right or
+  wrong, each saying what it read, in one of synthetic.REVIEW_FORMATS) and asks for the
+  worked solution: how the VLM's SFT teaches it to read candidates beside an image, as
+  ZPPO's BCQ/NCQ prompts will show them, without ever showing those prompts."""
+  expression = _expression(row)
+  a, op, b = expression.split()
+  candidates = [_seen(expression, synthetic.ArithmeticSource.candidate(int(a), op, int(b), rng))
+                for _ in range(1 + rng.integers(3))]
+  question = synthetic.review_question(QUESTION, candidates,
+                                       int(rng.integers(len(synthetic.REVIEW_FORMATS))))
+  return {**_drawn(row), "id": "visual-" + row["id"] + "-review", "question": question,
+          "teacher_responses": [_seen(expression, synthetic.worked(int(a), op, int(b)))]}
 
 
 def _read(row: dict) -> dict:
@@ -81,20 +103,24 @@ def _read(row: dict) -> dict:
 
 
 class VisualArithmeticSource(synthetic.ArithmeticSource):
-  """`synthetic.ArithmeticSource`'s rows (the same levels, splits and solution styles, no
-  review rows), each drawn into an image (`_drawn`); with `read_fraction`, that share of rows
-  asks only what the image shows (`_read`: how a model's SFT teaches it to read them)."""
+  """`synthetic.ArithmeticSource`'s rows (the same levels, splits and solution styles), each
+  drawn into an image (`_drawn`). With `read_fraction`, that share of rows asks only what the
+  image shows (`_read`: how a model's SFT teaches it to read them); with `review_fraction`,
+  that share of the other rows shows candidate solutions beside the image (`_reviewed`)."""
   kind = "visual arithmetic"
 
   def __init__(self, size: int, seed: int = 0, level_weights=(0.5, 0.35, 0.15),
                split: str = "train", styles: tuple[str, ...] = ("worked",),
-               read_fraction: float = 0.0):
+               read_fraction: float = 0.0, review_fraction: float = 0.0):
     super().__init__(size, seed, level_weights, split, styles)
-    if not 0.0 <= read_fraction <= 1.0:
-      raise ValueError(f"synthetic:visual read_fraction must be in [0, 1], got {read_fraction}")
-    self.read_fraction = float(read_fraction)
+    for name, value in (("read_fraction", read_fraction), ("review_fraction", review_fraction)):
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f"synthetic:visual {name} must be in [0, 1], got {value}")
+    self.read_fraction, self.visual_review_fraction = float(read_fraction), float(review_fraction)
 
   def row(self, index: int) -> dict:
     row = super().row(index)
-    read = np.random.default_rng([self.seed, index, 3]).random() < self.read_fraction
-    return _read(row) if read else _drawn(row)
+    if np.random.default_rng([self.seed, index, 3]).random() < self.read_fraction:
+      return _read(row)
+    review = np.random.default_rng([self.seed, index, 4])
+    return _reviewed(row, review) if review.random() < self.visual_review_fraction else _drawn(row)
