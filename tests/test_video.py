@@ -1,7 +1,7 @@
-"""Video preprocessing: hand-computed cases, and transformers' Qwen3-VL video processor
-where it runs without torchvision (which has no wheel for this CPU torch): frame sampling,
-the clip's size rule, the patch layout with temporal padding, the timestamps and the
-prompt text."""
+"""Video preprocessing: hand-computed cases, and transformers' Qwen3-VL video processor:
+frame sampling, the clip's size rule, the resize (torch's uint8 antialiased bicubic, the op
+torchvision's resize runs on a CPU; torchvision itself has no wheel beside this CPU torch),
+the patch layout with temporal padding, the timestamps and the prompt text."""
 
 import dataclasses
 import importlib
@@ -70,9 +70,12 @@ def test_timestamps_and_prompt_text():
     video.placeholder((3, 4, 6), seconds[:2], 2)
 
 
-def test_a_clip_too_short_is_named():
+def test_a_clip_too_short_or_of_mixed_sizes_is_named():
   with pytest.raises(ValueError, match="a clip of 1 frames: at least 2"):
     video.preprocess([np.zeros((64, 64, 3), np.uint8)], SETTINGS)
+  with pytest.raises(ValueError, match=r"frames differ in size: \[\(64, 48\), \(64, 64\)\]"):
+    video.preprocess([np.zeros((64, 64, 3), np.uint8), np.zeros((48, 64, 3), np.uint8)],
+                     SETTINGS)
 
 
 def test_a_questions_videos_are_references_read_as_frames(tmp_path):
@@ -131,14 +134,42 @@ def _transformers_video_processor(settings):
       size={"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels})
 
 
-def test_the_video_path_equals_transformers_video_processor_on_the_grid():
-  """transformers' own Qwen3-VL video processor and processor code, where it runs without
-  torchvision (not installable beside this CPU torch; it resizes and normalises): frame
-  sampling, the clip's size rule, temporal padding and patch order on clips already on the
-  grid, the timestamps and the prompt text of a clip."""
+def _torch_resize(frames, height, width):
+  """What torchvision's `resize(..., BICUBIC, antialias=True)`, which transformers' video
+  processor calls, runs for uint8 frames on a CPU: torch's own uint8 kernel."""
+  import torch
+  clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+  out = torch.nn.functional.interpolate(clip, size=(height, width), mode="bicubic",
+                                        align_corners=False, antialias=True)
+  return out.permute(0, 2, 3, 1).numpy()
+
+
+def test_resize_equals_torch_uint8_bicubic_to_the_bit():
+  """Down, up and mixed, noise (where pass order and clipping show) and gradients."""
+  rng = np.random.default_rng(0)
+  for trial in range(40):
+    height, width, new_height, new_width = (int(x) for x in rng.integers(5, 200, 4))
+    frames = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    if trial % 2:
+      rows, cols = np.mgrid[:height, :width]
+      frames[:] = np.stack([(3 * cols + rows) % 256, rows * cols // 7 % 256, 5 * rows % 256],
+                           -1).astype(np.uint8)
+    np.testing.assert_array_equal(video.resize(frames, new_height, new_width),
+                                  _torch_resize(frames, new_height, new_width),
+                                  err_msg=f"{height}x{width} -> {new_height}x{new_width}")
+  with pytest.raises(ValueError, match="uint8 frames"):
+    video.resize(np.zeros((2, 8, 8, 3), np.float32), 4, 4)
+
+
+def test_the_video_path_equals_transformers_video_processor():
+  """transformers' own Qwen3-VL video processor code, its torchvision resize and normalize
+  replaced by the torch ops they run: frame sampling, the clip's size rule, then clips on and off the
+  grid (downscaled, upscaled, an odd frame count padded with its last frame) resized,
+  normalised and patched; the timestamps and the prompt text of a clip."""
   import torch
   from transformers.video_utils import VideoMetadata
   processor = _transformers_video_processor(SETTINGS)
+  their_smart_resize = _transformers_qwen3_vl("video_processing_qwen3_vl").smart_resize
   for total, fps in ((90, 30.0), (7, 24.0), (3, 24.0), (50, None), (1000, 25.0), (91, 29.97)):
     metadata = VideoMetadata(total_num_frames=total, fps=fps or video.UNKNOWN_FPS)
     np.testing.assert_array_equal(video.sample_frames(total, fps, SETTINGS),
@@ -147,19 +178,26 @@ def test_the_video_path_equals_transformers_video_processor_on_the_grid():
                                 (16, 1080, 1920), (3, 20, 300)):
     ours = video.smart_resize(frames, height, width, 2, 32, SETTINGS.min_pixels,
                               SETTINGS.max_pixels)
-    assert ours == _transformers_qwen3_vl("video_processing_qwen3_vl").smart_resize(
+    assert ours == their_smart_resize(
         frames, height, width, temporal_factor=2, factor=32, min_pixels=SETTINGS.min_pixels,
         max_pixels=SETTINGS.max_pixels), (frames, height, width)
   rng = np.random.default_rng(1)
-  for count in (5, 4):   # an odd count is padded with its last frame
-    frames = rng.integers(0, 256, (count, 64, 96, 3), dtype=np.uint8)
+  for count, height, width in ((5, 64, 96), (4, 64, 96), (4, 70, 33), (5, 100, 150),
+                               (3, 240, 320), (4, 37, 200)):
+    frames = rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
     patches, grid = video.preprocess(list(frames), SETTINGS)
-    # the normalisation by hand (transformers' runs through torchvision), the layout theirs
-    clip = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
-    theirs, *their_grid = processor.patchify(clip[None], patch_size=16, merge_size=2,
+    size = their_smart_resize(count, height, width, temporal_factor=2, factor=32,
+                              min_pixels=SETTINGS.min_pixels, max_pixels=SETTINGS.max_pixels)
+    resized = torch.from_numpy(_torch_resize(frames, *size)).permute(0, 3, 1, 2)
+    # transformers' fused rescale and normalisation (its torchvision normalize, by hand)
+    mean, std = (torch.tensor(v).view(3, 1, 1) * 255 for v in (SETTINGS.image_mean,
+                                                              SETTINGS.image_std))
+    clip = (resized[None].float() - mean) / std
+    theirs, *their_grid = processor.patchify(clip, patch_size=16, merge_size=2,
                                              temporal_patch_size=2)
-    assert grid == tuple(their_grid)
-    np.testing.assert_allclose(patches, theirs[0].numpy(), atol=1e-6, rtol=0)
+    assert grid == tuple(their_grid), (count, height, width)
+    np.testing.assert_allclose(patches, theirs[0].numpy(), atol=1e-6, rtol=0,
+                               err_msg=f"{count} frames of {height}x{width}")
   # the prompt text: transformers' processor code on the same grid and frame indices
   text_processor = object.__new__(_transformers_qwen3_vl("processing_qwen3_vl").Qwen3VLProcessor)
   text_processor.video_processor, text_processor.video_token = processor, "<|video_pad|>"

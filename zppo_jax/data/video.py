@@ -5,9 +5,11 @@ pixel count within bounds, normalised, padded to a whole number of temporal patc
 the last frame, and cut into (time, row, column) patches in merge-block order. In the prompt
 each temporal patch of frames stands behind its timestamp (`placeholder`).
 
-Resizing uses PIL's bicubic filter; transformers resizes videos with torchvision (not
-installable beside this project's CPU torch, so only clips already on the grid are compared
-with it), whose antialiased bicubic can differ slightly for clips that are not.
+Frames are resized as transformers' processor resizes them on a CPU (torchvision's resize of
+uint8 frames, which runs torch's antialiased bicubic kernel in fixed point): `resize` is that
+arithmetic in numpy, equal to it to the last bit. PIL's bicubic, which the image path uses,
+differs from it by up to 20 levels on detailed frames (another pass order and intermediate
+clipping).
 """
 
 from __future__ import annotations
@@ -103,18 +105,69 @@ def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int,
   return h_bar, w_bar
 
 
+def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+  """The bicubic kernel of the antialiased resize (a = -0.5, as Pillow and torch use)."""
+  x = np.abs(x)
+  return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                  np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _resize_weights(size_in: int, size_out: int) -> tuple[np.ndarray, int]:
+  """[size_out, size_in] int64 weights of one axis and their fixed-point precision: the
+  kernel widened by the downscale factor (antialiasing), each row normalised, then rounded
+  to int16 at the most bits the largest weight allows (torch's uint8 resize)."""
+  scale = size_in / size_out
+  support, stretch = (2.0 * scale, 1.0 / scale) if scale >= 1 else (2.0, 1.0)
+  center = scale * (np.arange(size_out) + 0.5)
+  lo = np.maximum((center - support + 0.5).astype(np.int64), 0)
+  hi = np.minimum((center + support + 0.5).astype(np.int64), size_in)
+  source = np.arange(size_in)
+  inside = (source >= lo[:, None]) & (source < hi[:, None])
+  weights = np.where(inside, _cubic((source - center[:, None] + 0.5) * stretch), 0.0)
+  total = weights.sum(axis=1, keepdims=True)
+  weights = np.divide(weights, total, out=weights.copy(), where=total != 0)
+  precision = 0
+  while precision < 22 and int(0.5 + weights.max() * (1 << (precision + 1))) < (1 << 15):
+    precision += 1
+  fixed = np.trunc(weights * (1 << precision) + np.where(weights < 0, -0.5, 0.5))
+  return fixed.astype(np.int64), precision
+
+
+def _resize_axis(frames: np.ndarray, size: int, axis: int) -> np.ndarray:
+  weights, precision = _resize_weights(frames.shape[axis], size)
+  moved = np.moveaxis(frames, axis, -1).astype(np.int64)
+  out = (moved @ weights.T + (1 << (precision - 1))) >> precision
+  return np.moveaxis(np.clip(out, 0, 255).astype(np.uint8), -1, axis)
+
+
+def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 frames [F, H, W, C] -> [F, height, width, C], as torchvision's bicubic resize with
+  antialiasing gives them on a CPU: the width pass, then the height pass, each rounded and
+  clipped to uint8; an axis already at its size is left alone."""
+  if frames.dtype != np.uint8 or frames.ndim != 4:
+    raise ValueError(f"resize takes uint8 frames [F, H, W, C], got {frames.dtype} "
+                     f"{frames.shape}")
+  if frames.shape[2] != width:
+    frames = _resize_axis(frames, width, 2)
+  if frames.shape[1] != height:
+    frames = _resize_axis(frames, height, 1)
+  return frames
+
+
 def preprocess(frames: Sequence, settings: VideoSettings
                ) -> tuple[np.ndarray, tuple[int, int, int]]:
   """Sampled frames ([H, W, 3] uint8 arrays or PIL images, all one size) -> (patches
   [gt·gh·gw, 3·T·P·P] float32, grid (gt, gh, gw)): the tower's `pixel_values_videos` rows."""
   pictures = [images_lib.to_rgb(f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)))
               for f in frames]
+  if len({x.size for x in pictures}) > 1:
+    raise ValueError(f"a clip's frames differ in size: {sorted({x.size for x in pictures})} "
+                     "(width, height); a video's frames are all one size")
   p, m, t = settings.patch_size, settings.merge_size, settings.temporal_patch_size
   height, width = smart_resize(len(pictures), pictures[0].height, pictures[0].width, t, p * m,
                                settings.min_pixels, settings.max_pixels)
-  pictures = [x if (x.height, x.width) == (height, width)
-              else x.resize((width, height), resample=Image.BICUBIC) for x in pictures]
-  pixels = np.stack([np.asarray(x) for x in pictures]).astype(np.float64) * (1 / 255)
+  pixels = resize(np.stack([np.asarray(x) for x in pictures]), height, width)
+  pixels = pixels.astype(np.float64) * (1 / 255)
   pixels = ((pixels - np.asarray(settings.image_mean)) / np.asarray(settings.image_std))
   clip = np.moveaxis(pixels.astype(np.float32), -1, 1)  # [F, C, H, W]
   if pad := -len(clip) % t:  # a whole number of temporal patches: repeat the last frame
