@@ -1,5 +1,6 @@
-"""The starting-point survey: its pure tallies by hand, and one small survey of the shipped
-tiny student whose figures agree with each other."""
+"""The starting-point survey: its pure tallies by hand, and small surveys of the shipped
+tiny students (text, and the VLM on image questions with an image held-out set) whose
+figures agree with each other."""
 
 import pytest
 
@@ -16,11 +17,15 @@ def test_levels_and_spread_by_hand():
                     "L2": {"questions": 1, "accuracy": 0.0}}
 
 
-def test_survey_of_the_tiny_student_is_consistent():
-  config = run_config.config_module("tiny.py").get_config("")
+@pytest.mark.parametrize("config_file", ["tiny.py", "tiny_vlm.py"])
+def test_survey_of_the_tiny_student_is_consistent(config_file):
+  config = run_config.config_module(config_file).get_config("")
   config.rollout.group_size = 4
   config.teacher.num_rollouts = 2
-  config.eval.benchmarks = ()
+  vision = config.vision.enabled
+  # the VLM's held-out set is of images too: the evaluator gets the run's images
+  config.eval.update(benchmarks=("visual=synthetic:visual_heldout;limit=2",) if vision else (),
+                     k=1)
   s = testbed.survey(config, num_questions=6)
   assert s["questions"] == 6 and sum(s["spread"]) == 6
   assert s["accuracy"] == pytest.approx(sum(i * n for i, n in enumerate(s["spread"])) / 24)
@@ -33,3 +38,5 @@ def test_survey_of_the_tiny_student_is_consistent():
   assert s["ncq"]["prompts"] == s["hard"] - s["teacher_solved_hard"]
   markdown = testbed.markdown(s, "t")
   assert "| all | 6 |" in markdown and "BCQ:" in markdown
+  if vision:
+    assert 0 <= s["eval"]["eval/visual/avg@1"] <= 1

@@ -109,7 +109,7 @@ def survey(config, num_questions: int, checkpoint: str = "") -> dict:
                           "accuracy": x.accuracy,
                           "teacher_solved": bool(solutions.get(x.question.id))} for x in groups]
   if config.eval.benchmarks:
-    evaluator = evaluation.Evaluator.from_config(config, tok, held.sampler)
+    evaluator = evaluation.Evaluator.from_config(config, tok, held.sampler, images=held.images)
     out["eval"] = evaluation.metrics(evaluator.run(params, seed), config.eval.pass_at)
   return out
 
