@@ -197,6 +197,41 @@ def test_sharded_generation_matches_one_device(periodic):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_decode_splits_the_head_over_vocab_on_an_fsdp_mesh(tmp_path):
+  """With the weights split over FSDP, the decode loop never gathers the output head whole
+  (XLA had gathered it every step: 0.95 GiB a chip at 2B): the head is laid out over vocab
+  once, each step computes every row's logits for its vocab slice, and the rows sample as
+  on one device."""
+  path = tmp_path / "vocab_136"   # a vocabulary the 4 FSDP shards divide (Qwen3.5's do)
+  make_text_model("periodic", vocab_size=136).save_pretrained(path)
+  config, params = qwen3_5.load_hf_checkpoint(str(path))
+  smp = sampler.Sampler(config)
+  mesh = sharding.make_mesh((1, 4, 2))
+  sharded = sampler.Sampler(config, mesh=mesh)
+  assert set(sharded._head_shardings) == {"lm_head"}
+  placed = jax.device_put(params, qwen3_5.param_shardings(config, mesh))
+  prompts = _prompts(config, [5, 13, 2, 7], seed=2)
+  kwargs = dict(max_new_tokens=MAX_NEW, temperature=0.7, top_p=0.9, num_samples=2, seed=4)
+  out, ref = sharded.generate(placed, prompts, **kwargs), smp.generate(params, prompts, **kwargs)
+  assert out.tokens == ref.tokens
+  rows, prompt_slots, new_slots = sharded.shapes(4, 13, MAX_NEW)
+  n = rows * 2
+  cache = jax.eval_shape(lambda: qwen3_5.init_cache(config, n, prompt_slots + new_slots,
+                                                    jnp.float32))
+  decode = sharded._decode_program(rows, prompt_slots, new_slots, 2, jnp.float32, 8, 0, True,
+                                   False)
+  hlo = decode.lower(placed, cache, jax.ShapeDtypeStruct((n, config.vocab_size), jnp.float32),
+                     np.ones(n, bool), np.uint32(0), np.float32(0.7), np.float32(0.9),
+                     np.int32(new_slots), np.full(8, -1, np.int32)).compile().as_text()
+  # lm_head [D, V] is split over fsdp (D, 4 ways) and tensor (V, 2 ways); gathered over
+  # fsdp it would be f32[64,68] (it was, before the decode layout); split over vocab across
+  # the rows' axes and tensor it is f32[64,17], and that is what the program holds
+  d, v = config.hidden_size, config.vocab_size
+  assert f"f32[{d},{v // 2}]" not in hlo
+  assert f"f32[{d},{v // 8}]" in hlo
+  assert sharded.head_bytes(jnp.float32) == d * v * 4 // 8
+
+
 def test_decode_step_never_copies_the_cache(periodic):
   """The compiled decode loop updates the cache in place: no copy of a layer's KV cache, or
   of the stack of them, per step (XLA inserted several before the writes were ordered after

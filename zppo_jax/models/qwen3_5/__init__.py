@@ -11,7 +11,8 @@ from zppo_jax.models.qwen3_5.checkpoint import CheckpointError, load_hf_checkpoi
 from zppo_jax.models.qwen3_5.config import ConfigError, Qwen3_5Config, from_hf_dict, to_hf_dict
 from zppo_jax.models.qwen3_5.config import load as load_config
 from zppo_jax.models.qwen3_5.model import (CACHE_LOGICAL_AXES, REMAT_POLICIES, Cache, apply, forward,
-                                          hidden_states, init_cache, logits_from_hidden)
+                                          head_name, hidden_states, init_cache,
+                                          logits_from_hidden)
 from zppo_jax.models.qwen3_5.layers import Layout
 from zppo_jax.models.qwen3_5.params import count as param_count
 from zppo_jax.models.qwen3_5.params import init as init_params

@@ -234,6 +234,11 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   return h, new_cache
 
 
+def head_name(config: Qwen3_5Config) -> str:
+  """The params entry the output head reads: lm_head, or the tied embedding."""
+  return "embed" if config.tie_word_embeddings else "lm_head"
+
+
 def logits_from_hidden(config: Qwen3_5Config, params, h):
   """[..., D] -> [..., vocab] through lm_head (or the tied embedding)."""
   if config.tie_word_embeddings:
