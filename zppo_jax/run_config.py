@@ -41,14 +41,15 @@ MESHES = {
 
 # Rows of a gradient chunk (14336 tokens each at these settings), per mesh and student size:
 # the train step's activations scale with the rows a device holds. From zppo_jax.aot's TPU
-# compiles (benchmarks/RESULTS.md): 4 rows a chip take 59.8 GiB at 0.8B and 66.6 GiB at 2B
-# on a v5p-64, but 105.6 at 4B and 107.5 at 9B (refused), which take 2 rows (9B: 69.4 GiB);
-# 1 row a chip takes 19.2 GiB at 2B on a v6e-32. The GPU rows keep the same rows a device
-# on 16 H100s: not compiled here.
+# compiles (benchmarks/RESULTS.md): 4 rows a chip on a v5p-64 take 35.5 GiB at 2B, 59.3 at
+# 4B and 69.5 at 9B with the delta rule solved chunk by chunk (66.6, 105.6 and 107.5 before,
+# when the 4B and 9B took 2 rows); 1 row a chip took 19.2 GiB at 2B on a v6e-32 before that
+# fix (not recompiled). The GPU rows keep the same rows a device on 16 H100s: not compiled
+# here.
 CHUNK_ROWS = {
     "cpu": dict.fromkeys(SIZES, 128),
     "gpu_8xh100": {"0.8b": 64, "2b": 64, "4b": 32, "9b": 32},
-    "tpu_v5p": {"0.8b": 128, "2b": 128, "4b": 64, "9b": 64},
+    "tpu_v5p": dict.fromkeys(SIZES, 128),
     "tpu_v6e": dict.fromkeys(SIZES, 32),
 }
 
