@@ -134,10 +134,20 @@ def _resize_weights(size_in: int, size_out: int) -> tuple[np.ndarray, int]:
 
 
 def _resize_axis(frames: np.ndarray, size: int, axis: int) -> np.ndarray:
+  """One pass over `axis` (1: height, 2: width) of [F, H, W, C] uint8 frames. The sums run
+  as float64 matmuls, one frame at a time: every product and sum is an integer below 2**53,
+  so they are exact, and floor((sum + half) / 2**precision) is the fixed-point kernel's
+  rounding shift."""
   weights, precision = _resize_weights(frames.shape[axis], size)
-  moved = np.moveaxis(frames, axis, -1).astype(np.int64)
-  out = (moved @ weights.T + (1 << (precision - 1))) >> precision
-  return np.moveaxis(np.clip(out, 0, 255).astype(np.uint8), -1, axis)
+  weights = weights.T.astype(np.float64)
+  half, unit = float(1 << (precision - 1)), float(1 << precision)
+  shape = list(frames.shape)
+  shape[axis] = size
+  out = np.empty(shape, np.uint8)
+  for i, frame in enumerate(frames):
+    sums = np.moveaxis(frame, axis - 1, -1).astype(np.float64) @ weights
+    out[i] = np.moveaxis(np.clip(np.floor((sums + half) / unit), 0, 255), -1, axis - 1)
+  return out
 
 
 def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
