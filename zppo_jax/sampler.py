@@ -191,7 +191,7 @@ class Sampler:
     vocabulary, the head gathered whole over FSDP (split only as its own layout splits
     vocab)."""
     head = self.model.head_name(self.config)
-    shape = jax.eval_shape(lambda: self.model.param_shapes(self.config, dtype)[head])
+    shape = self.model.param_shapes(self.config, dtype)[head]   # a ShapeDtypeStruct
     if self.mesh is None:
       return shape.size * shape.dtype.itemsize
     if head in self._head_shardings:
