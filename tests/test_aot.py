@@ -48,6 +48,11 @@ def test_the_programs_compile_for_the_slice_on_the_runs_mesh(report):
   assert decode["alias_bytes"] > 0.9 * decode["output_bytes"]
   assert decode["tokens_per_second_bound"] > 0 and decode["bytes_accessed"] > 0
   assert decode["bound_by"] == "memory"     # a decode step reads all weights for few tokens
+  # the collectives are read from the compiled programs: the train step gathers its
+  # FSDP-split weights; a decode step exchanges the rows' activations (its weights stay)
+  assert "all-gather" in step["collective_bytes_by_op"]
+  assert step["collective_bytes"] >= 3 * r["residents"]["student params"]
+  assert decode["collective_bytes"] > 0 and decode["interconnect_seconds"] > 0
   update = r["programs"]["optimizer_update"]
   assert update["resident_beside_bytes"] == sum(
       v for k, v in r["residents"].items() if k not in ("student params", "optimizer state"))

@@ -1,5 +1,8 @@
 """The sampler against transformers `generate` and the model's own distribution."""
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +10,9 @@ import pytest
 import scipy.stats
 import torch
 from conftest import make_text_model
+from jax.sharding import PartitionSpec as P
 
-from zppo_jax import compilation, sampler, sharding
+from zppo_jax import compilation, hlo, sampler, sharding
 from zppo_jax.models import qwen3_5
 
 MAX_NEW = 14
@@ -197,18 +201,24 @@ def test_sharded_generation_matches_one_device(periodic):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_decode_splits_the_head_over_vocab_on_an_fsdp_mesh(tmp_path):
-  """With the weights split over FSDP, the decode loop never gathers the output head whole
-  (XLA had gathered it every step: 0.95 GiB a chip at 2B): the head is laid out over vocab
-  once, each step computes every row's logits for its vocab slice, and the rows sample as
-  on one device."""
-  path = tmp_path / "vocab_136"   # a vocabulary the 4 FSDP shards divide (Qwen3.5's do)
+def test_decode_keeps_the_weights_in_place_on_an_fsdp_mesh(tmp_path):
+  """The sampler's params are split over every device along their features, embed whole
+  (`sampler.decode_rules`), and a decode step multiplies by the slices where they lie:
+  under FSDP's layout each step gathered every layer's weights whole (35 GB a step on each
+  chip of a v5p-64 for the 27B teacher). The compiled loop gathers only the rows'
+  activations, and the rows sample as on one device."""
+  path = tmp_path / "vocab_136"   # a vocabulary the 8 devices divide (Qwen3.5's do)
   make_text_model("periodic", vocab_size=136).save_pretrained(path)
   config, params = qwen3_5.load_hf_checkpoint(str(path))
   smp = sampler.Sampler(config)
   mesh = sharding.make_mesh((1, 4, 2))
   sharded = sampler.Sampler(config, mesh=mesh)
-  assert set(sharded._head_shardings) == {"lm_head"}
+  d, v, f = config.hidden_size, config.vocab_size, config.intermediate_size
+  spec = lambda name: sharded.param_shardings["linear"]["mlp"][name].spec
+  assert spec("gate_proj") == P(None, None, ("data", "fsdp", "tensor"))  # [layers, embed, mlp]
+  assert spec("down_proj") == P(None, ("data", "fsdp", "tensor"), None)
+  assert sharded.param_shardings["lm_head"].spec == P(None, ("data", "fsdp", "tensor"))
+  # the FSDP-placed params of a caller are moved to that layout once a call
   placed = jax.device_put(params, qwen3_5.param_shardings(config, mesh))
   prompts = _prompts(config, [5, 13, 2, 7], seed=2)
   kwargs = dict(max_new_tokens=MAX_NEW, temperature=0.7, top_p=0.9, num_samples=2, seed=4)
@@ -220,16 +230,17 @@ def test_decode_splits_the_head_over_vocab_on_an_fsdp_mesh(tmp_path):
                                                     jnp.float32))
   decode = sharded._decode_program(rows, prompt_slots, new_slots, 2, jnp.float32, 8, 0, True,
                                    False)
-  hlo = decode.lower(placed, cache, jax.ShapeDtypeStruct((n, config.vocab_size), jnp.float32),
-                     np.ones(n, bool), np.uint32(0), np.float32(0.7), np.float32(0.9),
-                     np.int32(new_slots), np.full(8, -1, np.int32)).compile().as_text()
-  # lm_head [D, V] is split over fsdp (D, 4 ways) and tensor (V, 2 ways); gathered over
-  # fsdp it would be f32[64,68] (it was, before the decode layout); split over vocab across
-  # the rows' axes and tensor it is f32[64,17], and that is what the program holds
-  d, v = config.hidden_size, config.vocab_size
-  assert f"f32[{d},{v // 2}]" not in hlo
-  assert f"f32[{d},{v // 8}]" in hlo
-  assert sharded.head_bytes(jnp.float32) == d * v * 4 // 8
+  text = decode.lower(jax.device_put(params, sharded.param_shardings), cache,
+                      jax.ShapeDtypeStruct((n, v), jnp.float32), np.ones(n, bool),
+                      np.uint32(0), np.float32(0.7), np.float32(0.9), np.int32(new_slots),
+                      np.full(8, -1, np.int32)).compile().as_text()
+  gathered = [math.prod(map(int, dims.split(","))) for dims in
+              re.findall(r"= \w+\[([\d,]+)\]\S* all-gather\(", text)]
+  # the largest activation a step gathers is the rows' logits [N, V]; a weight is larger
+  # (an MLP weight d x f = 6144 elements, the head d x v/2 = 4352, against N x V = 1088)
+  assert gathered and max(gathered) <= n * v < min(d * f, d * v // 2)
+  step = hlo.collective_bytes(text)["per_trip"]["total"]
+  assert 0 < step < sum(x.size * 4 for x in jax.tree.leaves(params)) / 4
 
 
 def test_decode_step_never_copies_the_cache(periodic):

@@ -10,11 +10,14 @@ lowered at the config's real shapes and shardings and compiled by XLA for that c
 train step's gradient program on one chunk of the longest length bucket (`train.chunk_rows`
 rows, `train.remat`), the optimizer update, the log-prob scorers the loss needs, the
 student's, the teacher's and the evaluation's prefill and decode loop at their largest calls.
-For each, XLA's per-device bytes (arguments, outputs, temporaries) and its cost analysis
-(FLOPs, bytes accessed) are printed and written, with the arrays that stay on the device
-while it runs (params, optimizer state, the teacher) added to give its peak against the
-chip's HBM, and what the figures bound: a train-step MFU and step time, decode and prefill
-tokens/s. A program that does not fit makes the command fail, naming it and its numbers.
+For each, XLA's per-device bytes (arguments, outputs, temporaries), its cost analysis
+(FLOPs, bytes accessed) and the bytes its collectives exchange (`zppo_jax.hlo`: read from
+the compiled program, every loop's trips counted; a decode program's are one step's) are
+printed and written, with the arrays that stay on the device while it runs (params,
+optimizer state, the teacher) added to give its peak against the chip's HBM, and what the
+figures bound: a train-step MFU and step time, decode and prefill tokens/s, each limited by
+the chip's FLOP/s, its HBM bandwidth or its interconnect, whichever is slowest. A program
+that does not fit makes the command fail, naming it and its numbers.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from zppo_jax import learner, memory, models, run_config, sharding
+from zppo_jax import hlo, learner, memory, models, run_config, sharding
 from zppo_jax import train_step as ts
 from zppo_jax.rl import batching, methods, stages
 from zppo_jax.sampler import Sampler
@@ -44,11 +47,12 @@ class Chip:
   hbm_gib: float        # HBM per chip
   hbm_gbps: float       # HBM bandwidth, GB/s
   bf16_tflops: float    # peak dense bfloat16 matmul throughput
+  ici_gbps: float | None = None  # bidirectional inter-chip interconnect bandwidth, GB/s
 
 
 # Per-chip figures of Cloud TPU's system architecture pages, by topology name prefix.
-CHIPS = {"v4": Chip(32, 1228, 275), "v5e": Chip(16, 819, 197), "v5p": Chip(95, 2765, 459),
-         "v6e": Chip(32, 1640, 918)}
+CHIPS = {"v4": Chip(32, 1228, 275), "v5e": Chip(16, 819, 197, 400),
+         "v5p": Chip(95, 2765, 459, 1200), "v6e": Chip(32, 1640, 918, 800)}
 
 
 def topology(name: str):
@@ -113,11 +117,11 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
                         rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
   residents = {"student params": sharding.bytes_per_device(params, shardings.params),
                "optimizer state": sharding.bytes_per_device(opt_state, shardings.opt_state)}
-  sampling, sampling_name = params, "student params"
-  if compute != param_dtype:
-    sampling = _structs(model.param_shapes(student, compute), shardings.params)
-    sampling_name = "sampling copy"
-    residents[sampling_name] = sharding.bytes_per_device(sampling, shardings.params)
+  student_sampler = Sampler(student, mesh=mesh, rules=rules)
+  # the learner's copy in the compute dtype, laid out as the sampler takes it
+  sampling_name = "sampling copy"
+  sampling = _structs(model.param_shapes(student, compute), student_sampler.param_shardings)
+  residents[sampling_name] = sharding.bytes_per_device(sampling, student_sampler.param_shardings)
   scorers = dict(learner.scored_fields(config, method))
   if learner.REFERENCE in scorers.values():
     residents["reference params"] = residents["student params"]
@@ -125,7 +129,10 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
   if config.teacher.source == "model":
     teacher = memory.model_config(family, config.teacher.path, None, "teacher")
     t_model = models.of(teacher)
-    t_shardings = t_model.param_shardings(teacher, mesh, rules)
+    teacher_sampler = Sampler(teacher, mesh=mesh, rules=rules)
+    # a sampled teacher is loaded in its sampler's layout, a scoring one in the train step's
+    t_shardings = (t_model.param_shardings(teacher, mesh, rules)
+                   if method.teacher == methods.LOGPROBS else teacher_sampler.param_shardings)
     t_params = _structs(t_model.param_shapes(teacher, jnp.dtype(config.teacher.dtype)),
                         t_shardings)
     residents["teacher params"] = sharding.bytes_per_device(t_params, t_shardings)
@@ -166,7 +173,6 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
   question_slots = shapes["questions"]["prompt_slots"] or prompt_tokens
   rollout, stop_slots = config.rollout, 8
   calls = []  # (name, sampler, params, resident, rows, prompt slots, new, samples, T, top_p)
-  student_sampler = Sampler(student, mesh=mesh, rules=rules)
   if config.distill.student_rollouts:
     calls.append(("student", student_sampler, sampling, sampling_name,
                   max(shapes["questions"]["rows"]), question_slots, rollout.max_new_tokens,
@@ -177,7 +183,7 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
                   rollout.max_new_tokens, rollout.group_size, rollout.temperature,
                   rollout.top_p))
   if teacher is not None and method.teacher != methods.LOGPROBS:
-    calls.append(("teacher", Sampler(teacher, mesh=mesh, rules=rules), t_params,
+    calls.append(("teacher", teacher_sampler, t_params,
                   "teacher params", max(shapes["questions"]["rows"]), question_slots,
                   config.teacher.max_new_tokens, config.teacher.num_rollouts,
                   config.teacher.temperature, rollout.top_p))
@@ -220,12 +226,17 @@ def analyse(program: Program, compiled, chip: Chip, residents: dict[str, int],
       - mem.alias_size_in_bytes))
   beside = sum(v for k, v in residents.items() if k not in program.takes)
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  traffic = hlo.collective_bytes(compiled.as_text())
+  # a decode call's figures are one step's (the loop's trips are unknown to XLA)
+  exchanged = traffic.get("per_trip", traffic["per_call"])
   out = {"kind": program.kind, "bytes_per_device": own + beside, "program_bytes": own,
          "generated_code_bytes": int(mem.generated_code_size_in_bytes),
          "argument_bytes": int(mem.argument_size_in_bytes),
          "output_bytes": int(mem.output_size_in_bytes),
          "temp_bytes": int(mem.temp_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
-         "resident_beside_bytes": beside, "flops": flops, "bytes_accessed": accessed}
+         "resident_beside_bytes": beside, "flops": flops, "bytes_accessed": accessed,
+         "collective_bytes": exchanged["total"],
+         "collective_bytes_by_op": {k: v for k, v in exchanged.items() if k != "total"}}
   if not program.model_flops:
     return out
   peak, bandwidth = chip.bf16_tflops * 1e12, chip.hbm_gbps * 1e9
@@ -239,9 +250,13 @@ def analyse(program: Program, compiled, chip: Chip, residents: dict[str, int],
     compute_s, memory_s = model / peak, mem.argument_size_in_bytes / bandwidth
   else:
     compute_s, memory_s = flops / peak, accessed / bandwidth
-  out.update(seconds_bound=max(compute_s, memory_s),
-             bound_by="compute" if compute_s >= memory_s else "memory",
-             tokens_per_second_bound=program.tokens / max(compute_s, memory_s))
+  # what the collectives' results take to arrive at half the chip's bidirectional ICI
+  # bandwidth (a chip receives on its links while it sends): a lower bound
+  ici_s = exchanged["total"] / (chip.ici_gbps * 1e9 / 2) if chip.ici_gbps else 0.0
+  times = {"compute": compute_s, "memory": memory_s, "interconnect": ici_s}
+  bound_by = max(times, key=times.get)
+  out.update(seconds_bound=times[bound_by], bound_by=bound_by, interconnect_seconds=ici_s,
+             tokens_per_second_bound=program.tokens / times[bound_by])
   if program.kind == "train":
     out["mfu_bound"] = model / (out["seconds_bound"] * peak)
   return out
@@ -280,10 +295,10 @@ def table(report: dict) -> str:
   lines = [f"{report['topology']} ({report['devices']} chips, mesh {report['mesh']}, "
            f"{report['chip']['hbm_gib']} GiB HBM each)", "",
            "| program | peak GiB/device | own (arg + out + temp) | beside | TFLOP/device | "
-           "GB accessed | implies |", "|---|---|---|---|---|---|---|"]
+           "GB accessed | GB exchanged | implies |", "|---|---|---|---|---|---|---|---|"]
   for name, p in report["programs"].items():
     if "compile_error" in p:
-      lines.append(f"| {name} | **does not compile** | {p['compile_error']} | | | | |")
+      lines.append(f"| {name} | **does not compile** | {p['compile_error']} | | | | | |")
       continue
     implied = []
     if "mfu_bound" in p:
@@ -299,7 +314,9 @@ def table(report: dict) -> str:
         f"| {name} | {p['bytes_per_device'] / GIB:.2f}{fits} | {p['program_bytes'] / GIB:.2f} "
         f"({p['argument_bytes'] / GIB:.2f} + {p['output_bytes'] / GIB:.2f} + "
         f"{p['temp_bytes'] / GIB:.2f}) | {p['resident_beside_bytes'] / GIB:.2f} | "
-        f"{p['flops'] / 1e12:.3f} | {p['bytes_accessed'] / 1e9:.2f} | {'; '.join(implied)} |")
+        f"{p['flops'] / 1e12:.3f} | {p['bytes_accessed'] / 1e9:.2f} | "
+        f"{p['collective_bytes'] / 1e9:.2f}{' a step' if p['kind'] == 'decode' else ''} | "
+        f"{'; '.join(implied)} |")
   return "\n".join(lines)
 
 

@@ -45,11 +45,14 @@ class Learner:
                                 rules)
     self.score_fn = ts.jit_score(model_config, train_cfg, mesh, self.shardings.params, rules)
     # Rollouts sample in the compute dtype (bfloat16 at scale), as the train step scores:
-    # one sharded cast per step, not float32 master weights in every decode step.
+    # one cast per step, not float32 master weights in every decode step, laid out as the
+    # sampler takes its params (`sampler.decode_rules`; a trained tower keeps its own).
     compute = jnp.dtype(train_cfg.compute_dtype)
-    self._cast = ((lambda params: params) if compute == jnp.dtype(config.student.dtype) else
-                  jax.jit(lambda params: jax.tree.map(lambda p: p.astype(compute), params),
-                          out_shardings=self.shardings.params))
+    layout = policies.sampler.param_shardings
+    if layout is not None and self.train_tower:
+      layout = {**layout, "visual": self.shardings.params["visual"]}
+    self._cast = jax.jit(lambda params: jax.tree.map(lambda p: p.astype(compute), params),
+                         out_shardings=layout)
     self.tower = tower
     self._sampling_tower = None if tower is None else jax.tree.map(
         lambda p: p.astype(compute), tower)

@@ -6,8 +6,8 @@ r"""Accelerator memory of a run, per device, before renting the machines.
 Counts what the trainer keeps on each device, from the model shapes and the config's mesh
 and sharding rules (an abstract mesh: no device is needed): the student's master params,
 their gradients and the optimizer state, the compute-dtype copy the sampler runs on, the
-reference and teacher params, and the largest sampler call (its rollout cache and the output
-head its decode steps gather). Activations of the train step
+reference and teacher params (a sampled teacher's, and the sampling copy, laid out as the
+sampler takes them), and the largest sampler call (its rollout cache). Activations of the train step
 are not counted (with `remat="full"` they are one layer's working set plus each layer's
 input, [rows per device, T, hidden]).
 """
@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from zppo_jax import models, run_config, sharding
 from zppo_jax import train_step as ts
-from zppo_jax.rl import stages
+from zppo_jax.rl import methods, stages
 from zppo_jax.sampler import Sampler
 
 GIB = 2**30
@@ -59,14 +59,17 @@ def _params(mcfg, dtype, mesh, rules):
                                    model.param_shardings(mcfg, mesh, rules))
 
 
+def _sampling_params(mcfg, dtype, mesh, rules):
+  """Params in the layout a sampler takes them (`sampler.decode_rules`: split over every
+  device, embed whole)."""
+  return sharding.bytes_per_device(models.of(mcfg).param_shapes(mcfg, dtype),
+                                   Sampler(mcfg, mesh=mesh, rules=rules).param_shardings)
+
+
 def _cache(mcfg, mesh, rules, prompts: int, prompt_len: int, new: int, samples: int) -> int:
-  """A sampler call's own bytes: its cache, and the copy of the output head its decode
-  steps read, split over vocab across the rows' shards (`Sampler.head_bytes`: 31 MiB a
-  chip for the 2B on a v5p-64; gathered whole, as XLA did before the decode layout, it
-  was 0.95 GiB)."""
-  smp = Sampler(mcfg, mesh=mesh, rules=rules)
-  return (smp.cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16)
-          + smp.head_bytes(jnp.bfloat16))
+  """A sampler call's own bytes: its cache."""
+  return Sampler(mcfg, mesh=mesh, rules=rules).cache_bytes(prompts, prompt_len, new, samples,
+                                                           jnp.bfloat16)
 
 
 def estimate(config, devices: int, student_size: str | None = None,
@@ -85,8 +88,7 @@ def estimate(config, devices: int, student_size: str | None = None,
   out = {"student params": master, "gradients": master,  # gradients: like the params
          "optimizer state": sharding.bytes_per_device(jax.eval_shape(optimizer.init, params),
                                                       state.opt_state)}
-  if compute != param_dtype:
-    out["sampling copy (compute dtype)"] = _params(student, compute, mesh, rules)
+  out["sampling copy (compute dtype)"] = _sampling_params(student, compute, mesh, rules)
   if config.train.loss.beta:
     out["reference params"] = master
   questions = config.questions_per_step + (config.buffer.replay_per_step
@@ -106,7 +108,10 @@ def estimate(config, devices: int, student_size: str | None = None,
   if config.teacher.source == "model":
     teacher = model_config(config.model.family, config.teacher.path, teacher_size,
                            "teacher")
-    out["teacher params"] = _params(teacher, jnp.dtype(config.teacher.dtype), mesh, rules)
+    dtype = jnp.dtype(config.teacher.dtype)
+    out["teacher params"] = (_params(teacher, dtype, mesh, rules)
+                             if methods.get(config.method).teacher == methods.LOGPROBS
+                             else _sampling_params(teacher, dtype, mesh, rules))
     out["teacher rollout cache"] = _cache(teacher, mesh, rules, questions, 512,
                                           config.teacher.max_new_tokens,
                                           config.teacher.num_rollouts)

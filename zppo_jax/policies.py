@@ -20,6 +20,7 @@ from zppo_jax.data import images as images_lib
 from zppo_jax.data.images import PromptImages
 from zppo_jax.data.tokenizer import IMAGE_PAD, VIDEO_PAD, Tokenizer
 from zppo_jax.data.video import VideoSettings
+from zppo_jax.rl import methods
 from zppo_jax.sampler import Sampler
 
 INITS = ("checkpoint", "random")
@@ -129,8 +130,13 @@ def load_all(config, mesh, rules, student_config, student_params) -> Policies:
     if t_config.vocab_size != student_config.vocab_size:
       raise ValueError(f"teacher {config.teacher.path} has vocab_size {t_config.vocab_size}, the "
                        f"student {student_config.vocab_size}: they must share a tokenizer")
-    out.teacher_config, out.teacher_params = t_config, t_params
     out.teacher_sampler = Sampler(t_config, mesh=mesh, rules=rules)
+    if methods.get(config.method).teacher != methods.LOGPROBS and mesh is not None:
+      # a sampled teacher is kept as its sampler takes its params (moved once, here), a
+      # scoring one as the train step's scorer takes them
+      text = {k: v for k, v in t_params.items() if k != "visual"}
+      t_params = {**t_params, **jax.device_put(text, out.teacher_sampler.param_shardings)}
+    out.teacher_config, out.teacher_params = t_config, t_params
   if config.train.loss.beta or config.log.kl_to_start:
     out.ref_params = student_params  # the frozen starting policy (never donated)
   return out

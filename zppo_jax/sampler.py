@@ -144,20 +144,30 @@ class Sampler:
     self._programs: dict = {}
     if mesh is None:
       self.batch_shards = 1
-      self._layout = self.model.Layout()
+      self._layout = self._decode_layout = self.model.Layout()
+      self.param_rules = self.param_shardings = None
     else:
       self.batch_shards = sharding_lib.shard_count("batch", mesh, rules)
-      self._param_shardings = self.model.param_shardings(config, mesh, rules)
       # the prefill's activations keep their rows split like the prompts (not gathered)
       self._layout = self.model.Layout(mesh=mesh,
                                        batch_axes=sharding_lib.mesh_axes_of("batch", mesh, rules))
-      self._decode_rules = self._vocab_split_rules()
-      shardings = self.model.param_shardings(config, mesh, self._decode_rules)
+      self.param_rules = decode_rules(mesh, rules, self.model.logical_axes(config))
+      # a decode step multiplies by the weights where they lie (`Layout.features`)
+      self._decode_layout = self._layout._replace(
+          feature_axes=sharding_lib.mesh_axes_of("mlp", mesh, self.param_rules))
+      # a weight whose features the devices do not divide (Qwen3.5's [hidden, 48] gates on
+      # 32 chips) keeps the rules' layout rather than a whole copy on every device
+      shapes = self.model.param_shapes(config, jnp.float32)
+      self.param_shardings = jax.tree.map(
+          lambda x, fsdp, stationary: stationary if (
+              math.prod(stationary.shard_shape(x.shape)) <= math.prod(fsdp.shard_shape(x.shape)))
+          else fsdp,
+          shapes, self.model.param_shardings(config, mesh, rules),
+          self.model.param_shardings(config, mesh, self.param_rules))
       head = self.model.head_name(config)
       vocab_dim = self.model.logical_axes(config)[head].index("vocab")
-      # (a vocabulary the rows' shards do not divide keeps the head's own layout)
-      self._head_shardings = ({head: shardings[head]}
-                              if shardings[head].spec[vocab_dim] is not None else {})
+      # (a vocabulary the devices do not divide keeps the head whole on every device)
+      self._vocab_split = self.param_shardings[head].spec[vocab_dim] is not None
 
   # -- sizes ---------------------------------------------------------------------------------
 
@@ -185,37 +195,7 @@ class Sampler:
       return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
     return sharding_lib.bytes_per_device(cache, self._cache_shardings(n, t + m, dtype))
 
-  def head_bytes(self, dtype=jnp.bfloat16) -> int:
-    """Bytes a device holds of the output head a decode call lays out for its steps: its
-    vocab slice (`_vocab_split_rules`), or, where the rows' shards do not divide the
-    vocabulary, the head gathered whole over FSDP (split only as its own layout splits
-    vocab)."""
-    head = self.model.head_name(self.config)
-    shape = self.model.param_shapes(self.config, dtype)[head]   # a ShapeDtypeStruct
-    if self.mesh is None:
-      return shape.size * shape.dtype.itemsize
-    if head in self._head_shardings:
-      return sharding_lib.bytes_per_device(shape, self._head_shardings[head])
-    vocab_dim = self.model.logical_axes(self.config)[head].index("vocab")
-    axes = self._param_shardings[head].spec[vocab_dim] or ()
-    ways = math.prod(self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-    return shape.size * shape.dtype.itemsize // ways
-
   # -- sharding helpers ----------------------------------------------------------------------
-
-  def _vocab_split_rules(self) -> tuple:
-    """The rules of decode's layout of the params that carry the vocabulary (the output
-    head, or a tied embedding): split over vocab across the rows' mesh axes too and whole
-    along embed, so that each step every device computes its vocab slice of all rows'
-    logits (gathering the rows' hidden states, N x D) instead of gathering the FSDP-split
-    head whole every step (0.95 GiB a chip at 2B, 2.4 for the 27B). The head takes this
-    layout once per call, before the decode loop."""
-    batch_axes = sharding_lib.mesh_axes_of("batch", self.mesh, self.rules)
-    return tuple(
-        (name, tuple(dict.fromkeys(batch_axes + sharding_lib.mesh_axes_of(name, self.mesh,
-                                                                           self.rules)))
-         if name == "vocab" else None if name == "embed" else target)
-        for name, target in sharding_lib.resolve(self.rules))
 
   def _sharding(self, axes, shape):
     return NamedSharding(self.mesh, sharding_lib.logical_to_spec(axes, shape, self.mesh,
@@ -264,7 +244,7 @@ class Sampler:
                self._sharding((None, "batch", None), (3, rows, prompt_slots))) if multimodal else ()
       program = jax.jit(
           prefill,
-          in_shardings=(self._param_shardings,
+          in_shardings=(self.param_shardings,
                         self._sharding(("batch", None), (rows, prompt_slots)),
                         self._sharding(("batch", None), (rows, prompt_slots))) + extra,
           out_shardings=(self._cache_shardings(n, slots, dtype),
@@ -287,13 +267,13 @@ class Sampler:
     n = rows * num_samples
     pick = functools.partial(sample_tokens, top_k=top_k, filter_top_p=filter_top_p,
                              greedy=greedy)
-    # each step's logits: computed split over vocab (the head's decode layout), then sampled
-    # with each row's whole vocabulary on the device holding the row
+    # each step's logits: computed split over vocab (the head's layout), then sampled with
+    # each row's whole vocabulary on the device holding the row
     by_vocab = by_rows = lambda x: x
-    if self.mesh is not None and self._head_shardings:
+    if self.mesh is not None and self._vocab_split:
       by_vocab = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
           self.mesh, sharding_lib.logical_to_spec((None, "vocab"), x.shape, self.mesh,
-                                                  self._decode_rules)))
+                                                  self.param_rules)))
       by_rows = lambda x: jax.lax.with_sharding_constraint(
           x, self._sharding(("batch", None), x.shape))
 
@@ -329,14 +309,12 @@ class Sampler:
         step, cache, tok, out = state
         running = (live & ~out[-1])[:, None]  # finished rows feed a masked (ignored) token
         logits_Nx1xV, cache = self.model.apply(c, params, tok[:, None], running, cache,
-                                               chunk_size=self.chunk_size)
+                                               chunk_size=self.chunk_size,
+                                               layout=self._decode_layout)
         logits_NxV = by_rows(by_vocab(logits_Nx1xV[:, 0]))
         new, lp = pick(logits_NxV.astype(jnp.float32), step_keys(step), temperature, top_p)
         return step + 1, cache, new, emit(step, new, lp, *out)
 
-      if self.mesh is not None:  # the head split over vocab once, before the loop (if it can)
-        params = {**params, **{name: jax.lax.with_sharding_constraint(params[name], sharding)
-                               for name, sharding in self._head_shardings.items()}}
       _, cache, _, (tokens, logprobs, lengths, stopped) = jax.lax.while_loop(
           cond, body, (jnp.int32(1), cache, tok, out))
       # The cache goes out too, so the donated input buffers alias it and the loop updates the
@@ -350,7 +328,7 @@ class Sampler:
       cache_shardings = self._cache_shardings(n, prompt_slots + new_slots, dtype)
       program = jax.jit(
           decode, donate_argnums=1,
-          in_shardings=(self._param_shardings, cache_shardings,
+          in_shardings=(self.param_shardings, cache_shardings,
                         self._sharding(("batch", "vocab"), (n, c.vocab_size)),
                         self._sharding(("batch",), (n,))) + (replicated,) * 5,
           # Small outputs, replicated so that every host can read all rows.
@@ -443,7 +421,9 @@ class Sampler:
     tower = params.get("visual")  # the vision tower runs before the prefill, not inside it
     params = {k: v for k, v in params.items() if k != "visual"}
     if self.mesh is not None:
-      params = jax.device_put(params, self._param_shardings)  # no-op when already placed
+      # no-op when already in the sampler's layout (the learner's cast and a sampled teacher
+      # are); otherwise one copy of the params a call
+      params = jax.device_put(params, self.param_shardings)
     prefill = self._prefill_program(rows, prompt_slots, new_slots, num_samples, dtype)
     decode = self._decode_program(rows, prompt_slots, new_slots, num_samples, dtype, len(stops),
                                   top_k, top_p < 1.0, temperature == 0)
@@ -475,6 +455,28 @@ class Sampler:
         tokens=[tokens[r, :lengths[r]].tolist() for r in range(total)],
         logprobs=[logprobs[r, :lengths[r]].tolist() for r in range(total)],
         finish_reason=[STOP if stopped[r] else LENGTH for r in range(total)])
+
+
+def decode_rules(mesh, rules, logical_axes) -> tuple:
+  """The logical-axis rules of the sampler's params ("weights stationary"): every dim that
+  a weight pairs with `embed` (vocab, mlp, heads, ...: the tensor-parallel dims, named in
+  the model's `logical_axes` tree) split over the rows' mesh axes as well as its own, and
+  `embed` whole, so each weight is split over every device but not along embed. Under
+  FSDP's layout (embed split over the rows' axes) each decode step gathered every layer's
+  weights whole: 35 GB a step on each chip of a v5p-64 for the 27B teacher. In this layout
+  a decode step keeps the weights in place and moves the rows' activations ([N, hidden]
+  and [N, mlp]: MB a layer); the prefill, whose activations are large, gathers a layer's
+  weights as before (along another dim: the same bytes)."""
+  rules = sharding_lib.resolve(rules)
+  features = {name for axes in jax.tree.leaves(logical_axes,
+                                               is_leaf=lambda x: isinstance(x, tuple))
+              if "embed" in axes for name in axes if name not in ("embed", "layers")}
+  batch = sharding_lib.mesh_axes_of("batch", mesh, rules)
+  return tuple(
+      (name, None if name == "embed" else
+       tuple(dict.fromkeys(batch + sharding_lib.mesh_axes_of(name, mesh, rules)))
+       if name in features else target)
+      for name, target in rules)
 
 
 def _check_prompts(prompts, vocab_size):

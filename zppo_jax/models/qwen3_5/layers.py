@@ -33,10 +33,14 @@ class Layout(NamedTuple):
   activations keep their rows split over `batch_axes` (`rows`; left to itself, the
   compiler may instead keep the FSDP-split weights in place and gather every device's
   rows: whole-batch [B, T, mlp] activations on each device), and the kernel runs per
-  device on its rows."""
+  device on its rows. `feature_axes` (a decode step's layout, over weights laid out by
+  `sampler.decode_rules`): the projections' outputs and the output projections' inputs are
+  split over their features (`projected`, `to_output`, `inner`), so each device multiplies
+  by the weight slice it holds, and only the rows' activations move between devices."""
   attention: str = "xla"
   mesh: object = None
   batch_axes: tuple = ()
+  feature_axes: tuple = ()
 
   def rows(self, x):
     """`x` [B, ...] with its rows split over the batch axes (no-op without a mesh)."""
@@ -44,6 +48,33 @@ class Layout(NamedTuple):
       return x
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, PartitionSpec(self.batch_axes)))
+
+  def features(self, x):
+    """`x` [..., F] split over its last dim across `feature_axes` (no-op without them, or
+    where they do not divide F)."""
+    if self.mesh is None or not self.feature_axes or x.shape[-1] % np.prod(
+        [self.mesh.shape[a] for a in self.feature_axes]):
+      return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(
+        self.mesh, PartitionSpec(*([None] * (x.ndim - 1)), self.feature_axes)))
+
+  def projected(self, x):
+    """A projection's output [B, T, F] that the rows' cache reads (attention, the delta
+    rule): in a decode step computed split over features, then moved to its rows;
+    otherwise as it is."""
+    return self.rows(self.features(x)) if self.feature_axes else x
+
+  def to_output(self, x):
+    """The input [B, T, F] of an output projection, made on the rows (attention, the delta
+    rule): in a decode step kept there, then split over features (left free, the split
+    propagates back into the attention, which then gathers the cache's rows); otherwise
+    as it is."""
+    return self.features(self.rows(x)) if self.feature_axes else x
+
+  def inner(self, x):
+    """An MLP's [B, T, mlp] intermediate: split over features in a decode step, over rows
+    otherwise."""
+    return self.features(x) if self.feature_axes else self.rows(x)
 
 
 ATTENTION_KINDS = ("xla", "splash", "splash_interpret")
@@ -108,9 +139,9 @@ def dense(x, w):
   return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + w.shape[1:])
 
 
-def mlp(p, x, rows=lambda x: x):
-  """SwiGLU; `rows` places the [B, T, mlp] intermediate (`Layout.rows`)."""
-  return dense(rows(jax.nn.silu(dense(x, p["gate_proj"])) * dense(x, p["up_proj"])),
+def mlp(p, x, inner=lambda x: x):
+  """SwiGLU; `inner` places the [B, T, mlp] intermediate (`Layout.inner`)."""
+  return dense(inner(jax.nn.silu(dense(x, p["gate_proj"])) * dense(x, p["up_proj"])),
                p["down_proj"])
 
 
@@ -209,12 +240,13 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
   """
   batch, length, _ = x.shape
   hd, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
-  q_and_gate = _linear(x, p, "q_proj").reshape(batch, length, heads, 2 * hd)
+  project = lambda name: layout.projected(_linear(x, p, name))
+  q_and_gate = project("q_proj").reshape(batch, length, heads, 2 * hd)
   q, gate = q_and_gate[..., :hd], q_and_gate[..., hd:].reshape(batch, length, heads * hd)
   q = rms_norm(q, p["q_norm"], config.rms_norm_eps)
-  k = rms_norm(_linear(x, p, "k_proj").reshape(batch, length, kv_heads, hd), p["k_norm"],
+  k = rms_norm(project("k_proj").reshape(batch, length, kv_heads, hd), p["k_norm"],
                config.rms_norm_eps)
-  v = _linear(x, p, "v_proj").reshape(batch, length, kv_heads, hd)
+  v = project("v_proj").reshape(batch, length, kv_heads, hd)
   q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   if layout.attention not in ATTENTION_KINDS:
@@ -235,7 +267,7 @@ def full_attention(p, x, cos, sin, config: Qwen3_5Config, *, kv_cache, kv_mask,
       v_all = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, 0, index, 0))
       out = _blocked_attention(q, k_all, v_all, kv_mask, query_block, causal=False)
   out = out.reshape(batch, length, heads * hd) * jax.nn.sigmoid(gate)
-  return _linear(out, p, "o_proj"), (k, v)
+  return _linear(layout.to_output(out), p, "o_proj"), (k, v)
 
 
 def _blocked_attention(q, k, v, mask, query_block: int, causal: bool):
@@ -260,7 +292,7 @@ def _blocked_attention(q, k, v, mask, query_block: int, causal: bool):
 
 
 def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_state,
-                   chunk_size: int):
+                   chunk_size: int, layout: Layout = Layout()):
   """Gated DeltaNet token mixer.
 
   Args:
@@ -269,13 +301,15 @@ def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_s
     conv_state: [B, K-1, conv_dim], the inputs before this segment (zeros for a fresh one).
     recurrent_state: [B, H_v, d_k, d_v] float32 or None (zeros).
     chunk_size: chunk length of the parallel form (used when T > 1).
+    layout: where the projections run (`Layout.features`; the rule runs on rows).
   Returns:
     ([B, T, D], new conv_state, new recurrent_state). The new conv state holds the K-1
     inputs before the end of the last real token, so right padding does not enter it.
   """
   batch, length, _ = x.shape
   x = jnp.where(mask[..., None], x, 0)
-  mixed, padded = gated_delta.causal_conv1d(dense(x, p["in_proj_qkv"]), p["conv1d"], conv_state)
+  project = lambda name: layout.projected(dense(x, p[name]))
+  mixed, padded = gated_delta.causal_conv1d(project("in_proj_qkv"), p["conv1d"], conv_state)
   mixed = jax.nn.silu(mixed)
   kd, hk, hv = config.linear_key_dim, config.linear_key_head_dim, config.linear_value_head_dim
   q = mixed[..., :kd].reshape(batch, length, -1, hk)
@@ -291,9 +325,9 @@ def gated_deltanet(p, x, mask, config: Qwen3_5Config, *, conv_state, recurrent_s
   else:
     core, state = gated_delta.chunked_gated_delta_rule(
         q, k, v, g, beta, recurrent_state, chunk_size=chunk_size)
-  z = (dense(x, p["in_proj_z"])).reshape(batch, length, -1, hv)
+  z = project("in_proj_z").reshape(batch, length, -1, hv)
   core = gated_rms_norm(core, z, p["norm"], config.rms_norm_eps)
-  out = dense(core.reshape(batch, length, -1), p["out_proj"])
+  out = dense(layout.to_output(core.reshape(batch, length, -1)), p["out_proj"])
 
   # End of the last real token (0 when none: the old state is kept).
   ends = jnp.max(jnp.where(mask, jnp.arange(1, length + 1), 0), axis=1)

@@ -179,7 +179,8 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
             convs[i_lin],
             jax.lax.dynamic_index_in_dim(states["recurrent"], first + i_lin, keepdims=False))
         x, conv, rec = layers.gated_deltanet(p, x, mask, c, conv_state=conv,
-                                             recurrent_state=rec, chunk_size=chunk_size)
+                                             recurrent_state=rec, chunk_size=chunk_size,
+                                             layout=layout)
         if states is not None:
           new["conv"].append(conv)
           states = dict(states, recurrent=jax.lax.dynamic_update_index_in_dim(
@@ -199,7 +200,7 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
         i_full += 1
       h = layout.rows(h + x)
       h = layout.rows(h + layers.mlp(p["mlp"], layers.rms_norm(h, p["post_norm"],
-                                                                c.rms_norm_eps), layout.rows))
+                                                                c.rms_norm_eps), layout.inner))
     if cache is None:
       return (h, states), None
     if new["conv"]:  # one write of the block's conv slots, after every read of them
@@ -265,12 +266,13 @@ def forward(config: Qwen3_5Config, params, input_ids, attention_mask=None, *,
 
 
 def apply(config: Qwen3_5Config, params, input_ids, attention_mask, cache: Cache, *,
-          chunk_size: int = 64):
+          chunk_size: int = 64, layout: layers.Layout = layers.Layout()):
   """Runs a segment [B, T] against `cache`: returns (logits [B, T, vocab], new cache).
 
   T > 1 uses the chunked delta rule (prefill), T == 1 the recurrent step (decode). Left
   padding belongs in the first segment of a fresh cache; later segments pad on the right.
+  `layout`: how the layers run on the mesh (`layers.Layout`).
   """
   h, cache = hidden_states(config, params, input_ids, attention_mask, cache,
-                           chunk_size=chunk_size)
+                           chunk_size=chunk_size, layout=layout)
   return logits_from_hidden(config, params, h), cache
