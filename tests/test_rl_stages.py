@@ -136,14 +136,17 @@ def test_every_config_validates(path):
 
 def test_real_chunk_rows_split_over_the_recommended_slices():
   """Each real config's chunk splits evenly over the batch shards of the slices the README
-  recommends (32 chips of a v5p-64 or v6e-32, 16 GPUs of 2 nodes), and every size takes 4
-  rows a chip on v5p (the 4B's and 9B's train steps compile to 59.3 and 69.5 GiB there once
-  the delta rule runs chunk by chunk; 105.6 and 107.5 GiB, refused, before)."""
-  shards = {"tpu_v5p": 32, "tpu_v6e": 32, "gpu_8xh100": 16}
+  recommends (32 chips of a v5p-64, a v6e-32 for the 0.8B and 2B and a v6e-64 for the 4B
+  and 9B, 16 GPUs of 2 nodes), and every size takes 4 rows a chip on v5p (the 4B's and
+  9B's train steps compile to 59.3 and 69.5 GiB there once the delta rule runs chunk by
+  chunk; 105.6 and 107.5 GiB, refused, before)."""
+  shards = {"tpu_v5p": dict.fromkeys(run_config.SIZES, 32),
+            "tpu_v6e": {"0.8b": 32, "2b": 32, "4b": 64, "9b": 64},
+            "gpu_8xh100": dict.fromkeys(run_config.SIZES, 16)}
   for mesh, devices in shards.items():
     for size in run_config.SIZES:
       rows = run_config.method_config("zppo", f"size={size},mesh={mesh}").train.chunk_rows
-      assert rows % devices == 0, (mesh, size, rows)
+      assert rows % devices[size] == 0, (mesh, size, rows)
   rows = lambda size: run_config.method_config("zppo", f"size={size},mesh=tpu_v5p").train.chunk_rows
   assert rows("4b") == rows("9b") == rows("2b") == rows("0.8b") == 128
 

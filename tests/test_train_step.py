@@ -3,6 +3,7 @@ chunks of any length, exact zeros, compiled memory."""
 
 import functools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -402,3 +403,27 @@ def test_splash_attention_steps_as_the_xla_path(mesh_shape, one_device):
                state.params, ref_state.params)
   with pytest.raises(ValueError, match="config.train.attention='flash'"):
     _run(mesh_shape, attention="flash")
+
+
+def test_the_loss_head_is_laid_out_once_not_gathered_per_chunk():
+  """The output head is split over vocab across the rows' devices once a call, and each of
+  the loss's chunks computes its logits where the slices lie: under FSDP's layout XLA
+  gathered the head whole for every chunk (56 times a 14336-token row at 2B on a v5p-64,
+  57 GB a chip a train chunk, and as much again to reduce-scatter its gradient). With a
+  head far larger than a chunk's hidden states, as in Qwen3.5 (vocab 4096 here), the
+  compiled step gathers no whole head (`test_sharded_step_matches_one_device` checks the
+  numbers with the head so split)."""
+  config = _model_config(vocab_size=4096)
+  cfg = _cfg()
+  mesh = sharding.make_mesh((1, 8, 1))
+  optimizer = ts.make_optimizer(cfg.optimizer)
+  shardings = ts.state_shardings(config, optimizer, mesh)
+  step = ts.TrainStep(config, optimizer, cfg, mesh, shardings)
+  params = qwen3_5.init_params(config, jax.random.key(0), jnp.float32, std=0.1)
+  state = ts.init_state(jax.device_put(params, shardings.params), optimizer, 0, shardings)
+  batch = ts.weigh_rows([_batch()], cfg.loss)[0]
+  text = step.lower(state, batch)["accumulate"].compile().as_text()
+  d, v = config.hidden_size, config.vocab_size
+  gathered = re.findall(r"= \w+\[([\d,]+)\]\S* all-gather\(", text)
+  assert gathered, "the FSDP-split weights are gathered"
+  assert not [g for g in gathered if g in (f"{d},{v}", f"{v},{d}")], gathered

@@ -15,9 +15,11 @@ import jax.numpy as jnp
 from zppo_jax import models
 
 
-def _chunk_scores(config, params, h, targets, topk_ids, with_entropy):
+def _chunk_scores(config, params, h, targets, topk_ids, with_entropy, layout=None):
   """Scores of one chunk: h [B, c, D], targets [B, c] (and topk_ids [B, c, K])."""
   logits = models.of(config).logits_from_hidden(config, params, h).astype(jnp.float32)
+  if layout is not None:  # computed where the head's vocab slices lie
+    logits = layout.split(logits, logits.ndim - 1)
   lse = jax.nn.logsumexp(logits, axis=-1)
   out = {"logprobs": jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] - lse}
   if topk_ids is not None:
@@ -72,10 +74,18 @@ def token_scores(config, params, tokens, attention_mask=None, *, chunk_size: int
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     return jnp.moveaxis(x.reshape((batch, -1, chunk) + x.shape[2:]), 1, 0)
 
+  if layout is not None:
+    # the head split over vocab across the rows' devices, embed whole, once a call: under
+    # FSDP's layout XLA gathered it whole for every chunk (56 times a 14336-token row at
+    # 2B, 57 GB a chip, and as often again to reduce-scatter its gradient)
+    head = model.head_name(config)
+    params = {**params, head: layout.split(params[head],
+                                           model.logical_axes(config)[head].index("vocab"))}
+
   @jax.checkpoint
   def body(xs):
     h_c, t_c, k_c = xs
-    return _chunk_scores(config, params, h_c, t_c, k_c, with_entropy)
+    return _chunk_scores(config, params, h_c, t_c, k_c, with_entropy, layout)
 
   scores = jax.lax.map(body, (split(h), split(targets), None if topk is None else split(topk)))
 

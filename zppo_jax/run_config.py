@@ -43,14 +43,15 @@ MESHES = {
 # the train step's activations scale with the rows a device holds. From zppo_jax.aot's TPU
 # compiles (benchmarks/RESULTS.md): 4 rows a chip on a v5p-64 take 35.5 GiB at 2B, 59.3 at
 # 4B and 69.5 at 9B with the delta rule solved chunk by chunk (66.6, 105.6 and 107.5 before,
-# when the 4B and 9B took 2 rows); 1 row a chip took 19.2 GiB at 2B on a v6e-32 before that
-# fix (not recompiled). The GPU rows keep the same rows a device on 16 H100s: not compiled
-# here.
+# when the 4B and 9B took 2 rows). On v6e, 2 rows a chip take 19.2 GiB at 2B on a v6e-32,
+# and 1 row 17.8 GiB at 9B on a v6e-64 (the slice the 4B and 9B need): 64 rows serve both
+# slices (a smaller student holds less of everything). The GPU rows keep the same rows a
+# device on 16 H100s: not compiled here.
 CHUNK_ROWS = {
     "cpu": dict.fromkeys(SIZES, 128),
     "gpu_8xh100": {"0.8b": 64, "2b": 64, "4b": 32, "9b": 32},
     "tpu_v5p": dict.fromkeys(SIZES, 128),
-    "tpu_v6e": dict.fromkeys(SIZES, 32),
+    "tpu_v6e": dict.fromkeys(SIZES, 64),
 }
 
 

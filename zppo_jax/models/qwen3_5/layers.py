@@ -49,6 +49,17 @@ class Layout(NamedTuple):
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, PartitionSpec(self.batch_axes)))
 
+  def split(self, x, dim: int):
+    """`x` split along `dim` over the batch axes and whole along the others (no-op without
+    a mesh, or where they do not divide it): the output head along vocab for the loss's
+    chunks, laid out so once a call instead of gathered whole for every chunk."""
+    if self.mesh is None or not self.batch_axes or x.shape[dim] % np.prod(
+        [self.mesh.shape[a] for a in self.batch_axes]):
+      return x
+    spec = [None] * x.ndim
+    spec[dim] = self.batch_axes
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
+
   def features(self, x):
     """`x` [..., F] split over its last dim across `feature_axes` (no-op without them, or
     where they do not divide F)."""
