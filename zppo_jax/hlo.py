@@ -5,9 +5,10 @@ XLA's `cost_analysis()` counts a while loop's body once and leaves collectives o
 cannot tell a decode step that gathers every layer's weights over the FSDP axis (tens of
 GB a step over the chips' interconnect) from one that moves a few MB of activations. This
 reads the text of `compiled.as_text()`: each computation's collectives (the bytes of their
-results on one device; of a reduce-scatter, its input), and the call graph with the trip counts XLA knows (`known_trip_count`: the
-layer scan, a windowed matmul's steps). A loop whose trips XLA does not know (the decode
-loop, which stops when every row has) is reported per trip.
+results on one device; of a reduce-scatter, its input), and the call graph with each
+loop's trips (XLA's `known_trip_count`, or a `counter < N` condition: the layer scan, a
+windowed matmul's steps). A loop whose trips are not known (the decode loop, which stops
+when every row has) is reported per trip.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _bytes(shape_text: str) -> int:
 @dataclasses.dataclass
 class Computation:
   collectives: dict = dataclasses.field(default_factory=dict)   # op -> bytes, once through
-  calls: list = dataclasses.field(default_factory=list)  # (callee, trips, loop condition)
+  # (callee, trips): 1 for a call or fusion, a loop body's trips (None: not known)
+  calls: list = dataclasses.field(default_factory=list)
   constants: dict = dataclasses.field(default_factory=dict)     # %name -> integer value
   below: int | None = None  # a loop condition `counter < constant`: the constant
 

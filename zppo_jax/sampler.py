@@ -1,9 +1,11 @@
 """In-process sampler for Qwen3.5: one jitted prefill, then one jitted decode loop.
 
 Rollouts run inside the training process on the params the train step updates (sharded or
-not), so there is no server and no weight copy. A call pads its prompts on the left to a
-length bucket and its batch to a batch bucket, and the loop length to a bucket of new
-tokens; prompts of new lengths inside a bucket reuse the compiled programs
+not), so there is no server: the trainer casts its params to the compute dtype once a step,
+into the layout the sampler takes them (`decode_rules`: each weight split over every device
+along its features, so that a decode step moves activations, not weights). A call pads its
+prompts on the left to a length bucket and its batch to a batch bucket, and the loop length
+to a bucket of new tokens; prompts of new lengths inside a bucket reuse the compiled programs
 (`Sampler.compile_count` counts the traces). Sampling settings other than `top_k`, greedy or
 not, and whether top-p filters at all are traced values, so changing them does not
 recompile either.
