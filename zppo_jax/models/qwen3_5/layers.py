@@ -49,25 +49,25 @@ class Layout(NamedTuple):
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, PartitionSpec(self.batch_axes)))
 
-  def split(self, x, dim: int):
-    """`x` split along `dim` over the batch axes and whole along the others (no-op without
-    a mesh, or where they do not divide it): the output head along vocab for the loss's
-    chunks, laid out so once a call instead of gathered whole for every chunk."""
-    if self.mesh is None or not self.batch_axes or x.shape[dim] % np.prod(
-        [self.mesh.shape[a] for a in self.batch_axes]):
+  def _along(self, x, dim: int, axes: tuple):
+    """`x` split along `dim` over mesh `axes` and whole along the others (no-op without a
+    mesh or axes, or where they do not divide it)."""
+    if self.mesh is None or not axes or x.shape[dim] % np.prod([self.mesh.shape[a]
+                                                                for a in axes]):
       return x
     spec = [None] * x.ndim
-    spec[dim] = self.batch_axes
+    spec[dim] = axes
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
+  def split(self, x, dim: int):
+    """`x` split along `dim` over the batch axes, whole along the others: the output head
+    along vocab for the loss's chunks, laid out so once a call instead of gathered whole
+    for every chunk."""
+    return self._along(x, dim, self.batch_axes)
+
   def features(self, x):
-    """`x` [..., F] split over its last dim across `feature_axes` (no-op without them, or
-    where they do not divide F)."""
-    if self.mesh is None or not self.feature_axes or x.shape[-1] % np.prod(
-        [self.mesh.shape[a] for a in self.feature_axes]):
-      return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(
-        self.mesh, PartitionSpec(*([None] * (x.ndim - 1)), self.feature_axes)))
+    """`x` [..., F] split over its last dim across `feature_axes`."""
+    return self._along(x, x.ndim - 1, self.feature_axes)
 
   def projected(self, x):
     """A projection's output [B, T, F] that the rows' cache reads (attention, the delta
