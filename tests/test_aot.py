@@ -53,6 +53,12 @@ def test_the_programs_compile_for_the_slice_on_the_runs_mesh(report):
   assert "all-gather" in step["collective_bytes_by_op"]
   assert step["collective_bytes"] >= 3 * r["residents"]["student params"]
   assert decode["collective_bytes"] > 0 and decode["interconnect_seconds"] > 0
+  # ... credited to the JAX operations they came from: the FSDP gathers to the layer scan,
+  # and none to the token lookup, which moves its output's rows (`Layout.embed`); left to
+  # itself, XLA gathered the whole table for the lookup and its gradient
+  sources = step["collective_bytes_by_source"]
+  assert any("while/body" in s for s in sources), sources
+  assert not [s for s in sources if "_take" in s], sources
   update = r["programs"]["optimizer_update"]
   assert update["resident_beside_bytes"] == sum(
       v for k, v in r["residents"].items() if k not in ("student params", "optimizer state"))

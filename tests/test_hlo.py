@@ -49,7 +49,7 @@ HAND = """HloModule m
   %q = (s32[], bf16[4,8]) parameter(0)
   %x = bf16[4,8]{1,0} get-tuple-element(%q), index=1
   %ag-start = (bf16[4,8], bf16[16,8]) all-gather-start(%x), dimensions={0}
-  %ag = bf16[16,8]{1,0} all-gather-done(%ag-start)
+  %ag = bf16[16,8]{1,0} all-gather-done(%ag-start), metadata={op_name="jit(f)/while/body/gather_w" stack_frame_id=3}
   %big = f32[64]{0} parameter(1)
   %rs = f32[16]{0} reduce-scatter(%big), dimensions={0}, to_apply=%add
   ROOT %t = (s32[], bf16[4,8]) tuple(%i, %x)
@@ -57,7 +57,7 @@ HAND = """HloModule m
 
 ENTRY %main (x: bf16[4,8]) -> bf16[4,8] {
   %x0 = bf16[4,8]{1,0} parameter(0)
-  %ar = f32[10]{0} all-reduce(%x0), to_apply=%add
+  %ar = f32[10]{0} all-reduce(%x0), to_apply=%add, metadata={op_name="jit(f)/transpose(jvp(jit(_take)))/scatter-add"}
   %w = (s32[], bf16[4,8]) while(%init), condition=%cond, body=%body
   ROOT %out = bf16[4,8] get-tuple-element(%w), index=1
 }
@@ -66,10 +66,15 @@ ENTRY %main (x: bf16[4,8]) -> bf16[4,8] {
 
 def test_hand_counted_module():
   """`counter < 6` is 6 trips; an async all-gather counts once (its result, 256 bytes); a
-  reduce-scatter counts its input (256 bytes, not its 64-byte result)."""
+  reduce-scatter counts its input (256 bytes, not its 64-byte result). The bytes are also
+  credited to the JAX operation each came from (the program's name left off), largest
+  first; a collective without metadata to ""."""
   out = hlo.collective_bytes(HAND)
   assert out["per_call"] == {"all-reduce": 40, "all-gather": 6 * 256, "reduce-scatter": 6 * 256,
                              "total": 40 + 12 * 256}
+  assert list(out["per_call_sources"].items()) == [
+      ("while/body/gather_w", 6 * 256), ("", 6 * 256),
+      ("transpose(jvp(jit(_take)))/scatter-add", 40)]
   assert "per_trip" not in out   # every loop's trips are known
 
 

@@ -40,6 +40,7 @@ from zppo_jax.rl import batching, methods, stages
 from zppo_jax.sampler import Sampler
 
 GIB = memory.GIB
+SOURCES = 8   # collective sources kept per program in the report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +229,8 @@ def analyse(program: Program, compiled, chip: Chip, residents: dict[str, int],
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   traffic = hlo.collective_bytes(compiled.as_text())
   # a decode call's figures are one step's (the loop's trips are unknown to XLA)
-  exchanged = traffic.get("per_trip", traffic["per_call"])
+  per = "per_trip" if "per_trip" in traffic else "per_call"
+  exchanged = traffic[per]
   out = {"kind": program.kind, "bytes_per_device": own + beside, "program_bytes": own,
          "generated_code_bytes": int(mem.generated_code_size_in_bytes),
          "argument_bytes": int(mem.argument_size_in_bytes),
@@ -236,7 +238,9 @@ def analyse(program: Program, compiled, chip: Chip, residents: dict[str, int],
          "temp_bytes": int(mem.temp_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
          "resident_beside_bytes": beside, "flops": flops, "bytes_accessed": accessed,
          "collective_bytes": exchanged["total"],
-         "collective_bytes_by_op": {k: v for k, v in exchanged.items() if k != "total"}}
+         "collective_bytes_by_op": {k: v for k, v in exchanged.items() if k != "total"},
+         # the JAX operations whose collectives move the most (what a sharding fix changes)
+         "collective_bytes_by_source": dict(list(traffic[f"{per}_sources"].items())[:SOURCES])}
   if not program.model_flops:
     return out
   peak, bandwidth = chip.bf16_tflops * 1e12, chip.hbm_gbps * 1e9

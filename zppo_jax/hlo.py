@@ -8,7 +8,9 @@ reads the text of `compiled.as_text()`: each computation's collectives (the byte
 results on one device; of a reduce-scatter, its input), and the call graph with each
 loop's trips (XLA's `known_trip_count`, or a `counter < N` condition: the layer scan, a
 windowed matmul's steps). A loop whose trips are not known (the decode loop, which stops
-when every row has) is reported per trip.
+when every row has) is reported per trip. Each collective's bytes are also credited to the
+JAX operation it came from (its `op_name` metadata, e.g. `transpose(jvp(jit(_take)))/
+scatter-add`: the gradient of a token lookup), which says what a sharding fix must change.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ _CALLEES = re.compile(r"\b(calls|to_apply|body|condition|branch_computations)="
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CONSTANT = re.compile(r"^\s*%([\w.\-]+)\s*=\s*[su]\d+\[\]\S*\s+constant\((\d+)\)")
 _BELOW = re.compile(r"^\s*ROOT\s.*\scompare\(%[\w.\-]+,\s*%([\w.\-]+)\),\s*direction=LT")
+_SOURCE = re.compile(r'op_name="(?:jit\([\w.\-]+\)/)?([^"]*)"')
 
 
 def _bytes(shape_text: str) -> int:
@@ -42,7 +45,8 @@ def _bytes(shape_text: str) -> int:
 
 @dataclasses.dataclass
 class Computation:
-  collectives: dict = dataclasses.field(default_factory=dict)   # op -> bytes, once through
+  # (op, JAX source) -> bytes, once through
+  collectives: dict = dataclasses.field(default_factory=dict)
   # (callee, trips): 1 for a call or fusion, a loop body's trips (None: not known)
   calls: list = dataclasses.field(default_factory=list)
   constants: dict = dataclasses.field(default_factory=dict)     # %name -> integer value
@@ -77,7 +81,9 @@ def parse(text: str) -> tuple[dict[str, Computation], str]:
     if base in COLLECTIVES and not name.endswith("-start"):
       # a reduce-scatter sends and sums its whole input (its result is 1/n of it)
       moved = _bytes(results.get(operand, "") if base == "reduce-scatter" else result)
-      current.collectives[base] = current.collectives.get(base, 0) + moved
+      source = _SOURCE.search(line)
+      key = (base, source.group(1) if source else "")
+      current.collectives[key] = current.collectives.get(key, 0) + moved
     trips = _TRIPS.search(line)
     named = dict(_CALLEES.findall(line))
     for kind, callees in named.items():
@@ -101,7 +107,8 @@ def collective_bytes(text: str) -> dict:
   """Bytes of collective results one device gets: `per_call` (every loop with a known trip
   count counted that many times; a loop without one, once) and, where the program has a
   loop of unknown trips (a decode loop), `per_trip` of the outermost such loop. Each is
-  {op: bytes} with a "total"."""
+  {op: bytes} with a "total"; `per_call_sources` (and `per_trip_sources`) give the same
+  bytes by the JAX operation each collective came from, largest first."""
   comps, entry = parse(text)
 
   def total(name: str, seen=()) -> dict:
@@ -130,10 +137,18 @@ def collective_bytes(text: str) -> dict:
       frontier = nxt
     return None
 
-  with_total = lambda d: {**d, "total": sum(d.values())}
-  out = {"per_call": with_total(total(entry))}
+  def by(counts: dict, part: int) -> dict:
+    out = {}
+    for key, b in counts.items():
+      out[key[part]] = out.get(key[part], 0) + b
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+  out = {}
   loop = outer_unknown(entry)
-  if loop:
-    out["per_trip"] = with_total(total(loop))
+  for name, root in (("per_call", entry), ("per_trip", loop)):
+    if root:
+      counts = total(root)
+      out[name] = {**by(counts, 0), "total": sum(counts.values())}
+      out[f"{name}_sources"] = by(counts, 1)
   return out
 

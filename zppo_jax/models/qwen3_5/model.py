@@ -124,8 +124,8 @@ def hidden_states(config: Qwen3_5Config, params, input_ids, attention_mask=None,
   mask = (jnp.ones((batch, length), bool) if attention_mask is None
           else attention_mask.astype(bool))
   dtype = params["embed"].dtype
-  h = layout.rows(jnp.take(params["embed"], input_ids, axis=0) if embeddings is None
-                  else embeddings)
+  h = (layout.embed(params["embed"], input_ids) if embeddings is None
+       else layout.rows(embeddings))
 
   start = jnp.zeros((batch,), jnp.int32) if cache is None else cache.position
   if positions is None:
