@@ -2,6 +2,7 @@ r"""XLA's per-device figures of the real configs' programs, compiled ahead of ti
 slices on this CPU machine (`zppo_jax.aot`), next to `zppo_jax.memory`'s hand count.
 
     python benchmarks/aot_memory.py --runs 2b@v5p:4x4x2 9b@v6e:4x8 --out benchmarks/aot_tpu.json
+    python benchmarks/aot_memory.py --compare benchmarks/aot_tpu.json   # memory.py now, no compile
 
 Each run is `<student size>@<topology>`: configs/zppo.py:size=<size>,mesh=tpu_<chip> (the
 27B teacher sampled in-process) on that slice. For the programs that hold the most, the
@@ -18,11 +19,15 @@ import sys
 from zppo_jax import aot, memory, run_config
 
 GIB = memory.GIB
-# memory.py's parts live during each program (its "cache" parts are one sampler call's)
+# memory.py's parts live during each program (a sampler call's or the update's: `memory.PHASES`)
 LIVE = {"train_step": ("student params", "gradients", "optimizer state",
-                       "sampling copy (compute dtype)", "reference params", "teacher params"),
+                       "sampling copy (compute dtype)", "reference params", "teacher params",
+                       "train step activations"),
+        "student_prefill": ("rollout cache (original)", "prefill activations (original)"),
         "student_decode": ("rollout cache (original)",),
+        "student_bcq_ncq_prefill": ("rollout cache (BCQ/NCQ)", "prefill activations (BCQ/NCQ)"),
         "student_bcq_ncq_decode": ("rollout cache (BCQ/NCQ)",),
+        "teacher_prefill": ("teacher rollout cache", "teacher prefill activations"),
         "teacher_decode": ("teacher rollout cache",)}
 STATE = ("student params", "optimizer state", "sampling copy (compute dtype)",
          "reference params", "teacher params")
@@ -34,39 +39,62 @@ def estimate_of(program: str, parts: dict[str, int]) -> int:
   return sum(parts.get(k, 0) for k in set(names))
 
 
+def run_config_of(run: str, overrides) -> tuple:
+  """(config, topology) of a run `<student size>@<topology>` with `field=value` overrides."""
+  size, topology = run.split("@")
+  chip = topology.split(":")[0]
+  config = run_config.config_module("zppo.py").get_config(f"size={size},mesh=tpu_{chip}")
+  for item in overrides:
+    key, value = item.split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = type(node[leaf])(value)
+  return config, topology
+
+
+def compare(run: str, report: dict, parts: dict) -> list[str]:
+  """XLA's peak of each compiled program beside memory.py's count of the same moment."""
+  lines = []
+  for name in LIVE:
+    if "bytes_per_device" in report["programs"].get(name, {}):
+      xla, est = report["programs"][name]["bytes_per_device"], estimate_of(name, parts)
+      lines.append(f"{run} {name}: XLA {xla / GIB:.2f} GiB, memory.py {est / GIB:.2f} GiB "
+                   f"({(xla - est) / max(est, 1):+.0%})")
+  return lines
+
+
 def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--runs", nargs="+", required=True)
-  parser.add_argument("--out", required=True)
+  parser.add_argument("--runs", nargs="+", default=())
+  parser.add_argument("--out")
   parser.add_argument("--programs", nargs="*", default=(),
                       help="only these (zppo_jax.aot), space- or comma-separated")
   parser.add_argument("--override", nargs="*", default=(),
                       help="config fields for every run, e.g. train.chunk_rows=32")
+  parser.add_argument("--compare", nargs="*", default=(),
+                      help="saved --out files: their XLA figures beside memory.py's count "
+                           "now (no compile; --override where the file does not record it)")
   args = parser.parse_args(argv)
+  for path in args.compare:
+    with open(path) as f:
+      for run, report in json.load(f).items():
+        config, _ = run_config_of(run, args.override or report.get("overrides", ()))
+        print("\n".join(compare(run, report, memory.estimate(config, report["devices"]))))
+  if args.runs and not args.out:
+    parser.error("--runs needs --out")
   programs = [name for item in args.programs for name in item.split(",") if name]
   results = {}
   for run in args.runs:
-    size, topology = run.split("@")
-    chip = topology.split(":")[0]
-    config = run_config.config_module("zppo.py").get_config(f"size={size},mesh=tpu_{chip}")
-    for item in args.override:
-      key, value = item.split("=", 1)
-      *parents, leaf = key.split(".")
-      node = config
-      for name in parents:
-        node = node[name]
-      node[leaf] = type(node[leaf])(value)
+    config, topology = run_config_of(run, args.override)
     log = lambda m, run=run: print(f"{run}: {m}", file=sys.stderr, flush=True)
     report = aot.run(config, topology, only=programs, log=log)
     parts = memory.estimate(config, report["devices"])
-    report["memory_py"] = parts
+    report.update(overrides=list(args.override), memory_py=parts)
     results[run] = report
     print(aot.table(report), flush=True)
-    for name in LIVE:
-      if "bytes_per_device" in report["programs"].get(name, {}):
-        xla, est = report["programs"][name]["bytes_per_device"], estimate_of(name, parts)
-        print(f"{run} {name}: XLA {xla / GIB:.2f} GiB, memory.py {est / GIB:.2f} GiB "
-              f"({(xla - est) / max(est, 1):+.0%})", flush=True)
+    print("\n".join(compare(run, report, parts)), flush=True)
     with open(args.out, "w") as f:
       json.dump(results, f, indent=1)
 

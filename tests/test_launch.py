@@ -279,10 +279,43 @@ def test_memory_estimate_divides_by_the_mesh():
   assert one[copy] == n * jnp.dtype(c.train.compute_dtype).itemsize
   assert one[copy] / 4 <= four[copy] < one[copy]
   assert "teacher params" in one
-  assert memory.peak(one) == (sum(v for k, v in one.items() if "cache" not in k)
-                              + max(v for k, v in one.items() if "cache" in k))
+  # a chunk's 16 rows split 4 ways: a quarter of the train step's activations a device
+  assert one["train step activations"] == 4 * four["train step activations"] > 0
+  # one phase at a time: a sampler call (its cache and its prefill), or the update
+  phases = memory.phases(one)
+  assert phases["BCQ/NCQ rollouts"] == (one["rollout cache (BCQ/NCQ)"]
+                                        + one["prefill activations (BCQ/NCQ)"])
+  assert memory.peak(one) == (sum(v for k, v in one.items() if k not in memory.PHASES)
+                              + max(phases.values()))
   with pytest.raises(ValueError, match=r"mesh shape \[1, 4, -1\] does not divide 6 devices"):
     memory.abstract_mesh((1, 4, -1), 6)
+
+
+def test_train_step_activations_hand_counted():
+  """`activations.train_step` for a 2-layer pattern (one Gated DeltaNet layer, one full
+  attention layer), counted by hand from its docstring: with full remat, the blocks' saved
+  inputs plus the larger of one block's backward and the head's loop; without, every
+  block's working set plus the head's."""
+  config = qwen3_5.from_hf_dict(dict(
+      model_type="qwen3_5_text", vocab_size=1000, hidden_size=64, intermediate_size=96,
+      num_hidden_layers=4, layer_types=["linear_attention", "full_attention"] * 2,
+      num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_conv_kernel_dim=4,
+      linear_key_head_dim=16, linear_value_head_dim=8, linear_num_key_heads=2,
+      linear_num_value_heads=4))
+  rows, length, c = 2, 100, 2   # bfloat16
+  count = lambda remat, chunk=8: qwen3_5.activations.train_step(
+      config, rows, length, compute_dtype=jnp.bfloat16, remat=remat, delta_chunk=32,
+      logprob_chunk=chunk)
+  tokens = rows * length
+  states = rows * 4 * 4 * 16 * 8 * 4           # ceil(100 / 32) = 4 chunks, float32
+  block = tokens * (2 * (5 * 96 + 9 * 64) * c + 6 * 4 * 8 * 4) + states
+  saved = 2 * tokens * 64 * c                   # 2 blocks' inputs
+  head = tokens * 64 * 4 + 3 * rows * 8 * 1000 * 4
+  assert block > head
+  assert count("full") == saved + block
+  assert count("none") == count("dots") == 2 * block + head
+  big_head = tokens * 64 * 4 + 3 * rows * 64 * 1000 * 4   # 64-token logit chunks
+  assert big_head > block and count("full", chunk=64) == saved + big_head
 
 
 def test_memory_real_sizes_from_official_shapes():

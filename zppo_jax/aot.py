@@ -36,7 +36,7 @@ from ml_collections import config_flags
 
 from zppo_jax import hlo, learner, memory, models, run_config, sharding
 from zppo_jax import train_step as ts
-from zppo_jax.rl import batching, methods, stages
+from zppo_jax.rl import methods, stages
 from zppo_jax.sampler import Sampler
 
 GIB = memory.GIB
@@ -141,11 +141,8 @@ def programs(config, mesh, rules, prompt_tokens: int = 512
   out = []
   # -- the update: one chunk of the longest length bucket, then the optimizer
   reformulates = method.reformulates and bool(config.zppo.bcq or config.zppo.ncq)
-  # the chat template's tokens around a question (the tiny template's count as a bound)
-  overhead = 32
-  buckets = batching.length_buckets(student.max_position_embeddings, config.train.length_bucket)
-  longest = learner.longest_row(config, method, overhead)
-  length = batching.bucket_of(min(longest, buckets[-1]), buckets)
+  overhead = memory.PROMPT_OVERHEAD
+  length = learner.longest_chunk(config, method, student, overhead)
   spec = ts.batch_sharding(mesh, rules)
   chunk = learner.chunk_shapes(config.train, length, spec)
   scored = learner.score_shapes(scorers, chunk)

@@ -261,3 +261,11 @@ def longest_row(config, method: Method, prompt_overhead: int) -> int:
   return prompt + max(config.rollout.max_new_tokens,
                       config.teacher.max_new_tokens if teacher else 0)
 
+
+def longest_chunk(config, method: Method, model_config, prompt_overhead: int) -> int:
+  """The length of the longest chunk the update compiles: the bucket of the longest row
+  (`longest_row`), at most the model's context."""
+  buckets = batching.length_buckets(model_config.max_position_embeddings,
+                                    config.train.length_bucket)
+  return batching.bucket_of(min(longest_row(config, method, prompt_overhead), buckets[-1]),
+                            buckets)

@@ -7,13 +7,15 @@ Counts what the trainer keeps on each device, from the model shapes and the conf
 and sharding rules (an abstract mesh: no device is needed): the student's master params,
 their gradients and the optimizer state, the compute-dtype copy the sampler runs on, the
 reference and teacher params (a sampled teacher's, and the sampling copy, laid out as the
-sampler takes them), and the largest sampler call (its rollout cache). Activations of the train step
-are not counted (with `remat="full"` they are one layer's working set plus each layer's
-input, [rows per device, T, hidden]).
+sampler takes them); and what lives in one phase of a step at a time: each sampler call's
+rollout cache with its prefill's activations, and the train step's activations for a chunk
+of the longest length bucket (the model family's `activations` count). The peak is the
+state plus the largest phase.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -22,12 +24,23 @@ from absl import app, flags
 from jax.sharding import AbstractMesh
 from ml_collections import config_flags
 
-from zppo_jax import models, run_config, sharding
+from zppo_jax import learner, models, run_config, sharding
 from zppo_jax import train_step as ts
 from zppo_jax.rl import methods, stages
 from zppo_jax.sampler import Sampler
 
 GIB = 2**30
+# the chat template's tokens around a question (the tiny template's count as a bound)
+PROMPT_OVERHEAD = 32
+# what lives only in one phase of a step, one phase at a time: {part: phase}
+PHASES = {"rollout cache (original)": "student rollouts",
+          "prefill activations (original)": "student rollouts",
+          "rollout cache (BCQ/NCQ)": "BCQ/NCQ rollouts",
+          "prefill activations (BCQ/NCQ)": "BCQ/NCQ rollouts",
+          "teacher rollout cache": "teacher rollouts",
+          "teacher prefill activations": "teacher rollouts",
+          "scoring activations": "scoring",
+          "train step activations": "update"}
 # HBM per device of the platforms in run_config.MESHES.
 HBM_GIB = {"tpu_v5p": 95, "tpu_v6e": 32, "gpu_8xh100": 80}
 
@@ -66,10 +79,22 @@ def _sampling_params(mcfg, dtype, mesh, rules):
                                    Sampler(mcfg, mesh=mesh, rules=rules).param_shardings)
 
 
-def _cache(mcfg, mesh, rules, prompts: int, prompt_len: int, new: int, samples: int) -> int:
-  """A sampler call's own bytes: its cache."""
-  return Sampler(mcfg, mesh=mesh, rules=rules).cache_bytes(prompts, prompt_len, new, samples,
-                                                           jnp.bfloat16)
+def _call(mcfg, mesh, rules, prompts: int, prompt_len: int, new: int, samples: int
+          ) -> tuple[int, int]:
+  """A sampler call's own bytes: (its cache, its prefill's activations on a device's share
+  of the prompt rows)."""
+  sampler = Sampler(mcfg, mesh=mesh, rules=rules)
+  rows, slots, _ = sampler.shapes(prompts, prompt_len, new)
+  per_device = -(-rows // _batch_devices(mesh, rules))
+  return (sampler.cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16),
+          models.of(mcfg).activations.prefill(mcfg, per_device, slots, jnp.bfloat16))
+
+
+def _batch_devices(mesh, rules) -> int:
+  """Devices a batch's rows are split over."""
+  axes = ts.batch_sharding(mesh, rules).spec[0] or ()
+  axes = (axes,) if isinstance(axes, str) else axes
+  return math.prod(mesh.shape[a] for a in axes)
 
 
 def estimate(config, devices: int, student_size: str | None = None,
@@ -91,43 +116,65 @@ def estimate(config, devices: int, student_size: str | None = None,
   out["sampling copy (compute dtype)"] = _sampling_params(student, compute, mesh, rules)
   if config.train.loss.beta:
     out["reference params"] = master
+  method = methods.get(config.method)
+  train = config.train
+  rows = -(-train.chunk_rows // _batch_devices(mesh, rules))   # a chunk's rows on a device
+  length = learner.longest_chunk(config, method, student, PROMPT_OVERHEAD)
+  out["train step activations"] = models.of(student).activations.train_step(
+      student, rows, length, compute_dtype=compute, remat=train.remat,
+      delta_chunk=train.delta_chunk_size, logprob_chunk=train.logprob_chunk)
   questions = config.questions_per_step + (config.buffer.replay_per_step
                                            if config.buffer.enabled else 0)
   rollout_cfg, zppo_cfg = config.rollout, config.zppo
   # The prompt of an original question is short; BCQ/NCQ prompts go up to max_prompt_tokens.
-  out["rollout cache (original)"] = _cache(student, mesh, rules, questions, 512,
-                                           rollout_cfg.max_new_tokens,
-                                           rollout_cfg.group_size)
+  out["rollout cache (original)"], out["prefill activations (original)"] = _call(
+      student, mesh, rules, questions, 512, rollout_cfg.max_new_tokens, rollout_cfg.group_size)
   if zppo_cfg.bcq or zppo_cfg.ncq:
     # as many prompts as the hard questions can make (the run's fixed call shape)
-    rows = max(stages.sample_shapes(config.questions_per_step, config.buffer, zppo_cfg, True,
-                                    0, 0)["reformulated"]["rows"])
-    out["rollout cache (BCQ/NCQ)"] = _cache(student, mesh, rules, rows,
-                                            zppo_cfg.max_prompt_tokens,
-                                            rollout_cfg.max_new_tokens, rollout_cfg.group_size)
+    prompts = max(stages.sample_shapes(config.questions_per_step, config.buffer, zppo_cfg,
+                                       True, 0, 0)["reformulated"]["rows"])
+    out["rollout cache (BCQ/NCQ)"], out["prefill activations (BCQ/NCQ)"] = _call(
+        student, mesh, rules, prompts, zppo_cfg.max_prompt_tokens, rollout_cfg.max_new_tokens,
+        rollout_cfg.group_size)
   if config.teacher.source == "model":
     teacher = model_config(config.model.family, config.teacher.path, teacher_size,
                            "teacher")
     dtype = jnp.dtype(config.teacher.dtype)
     out["teacher params"] = (_params(teacher, dtype, mesh, rules)
-                             if methods.get(config.method).teacher == methods.LOGPROBS
+                             if method.teacher == methods.LOGPROBS
                              else _sampling_params(teacher, dtype, mesh, rules))
-    out["teacher rollout cache"] = _cache(teacher, mesh, rules, questions, 512,
-                                          config.teacher.max_new_tokens,
-                                          config.teacher.num_rollouts)
+    if method.teacher == methods.LOGPROBS:   # it scores the chunks: a forward at a time
+      out["scoring activations"] = models.of(teacher).activations.prefill(teacher, rows,
+                                                                          length, dtype)
+    else:
+      out["teacher rollout cache"], out["teacher prefill activations"] = _call(
+          teacher, mesh, rules, questions, 512, config.teacher.max_new_tokens,
+          config.teacher.num_rollouts)
+  return out
+
+
+def phases(parts: dict[str, int]) -> dict[str, int]:
+  """Bytes of each phase of a step (`PHASES`): one sampler call, or the update."""
+  out = {}
+  for part, phase in PHASES.items():
+    if part in parts:
+      out[phase] = out.get(phase, 0) + parts[part]
   return out
 
 
 def peak(parts: dict[str, int]) -> int:
-  """Caches live one at a time (one sampler call after another); the rest lives throughout."""
-  caches = [v for k, v in parts.items() if "cache" in k]
-  return sum(v for k, v in parts.items() if "cache" not in k) + max(caches, default=0)
+  """The phases come one at a time (one sampler call after another, then the update); the
+  rest lives throughout."""
+  return (sum(v for k, v in parts.items() if k not in PHASES)
+          + max(phases(parts).values(), default=0))
 
 
 def table(parts: dict[str, int], hbm_gib: float | None = None) -> str:
   lines = ["| per device | GiB |", "|---|---|"]
   lines += [f"| {k} | {v / GIB:.2f} |" for k, v in parts.items()]
-  lines.append(f"| **peak (params + states + largest cache)** | **{peak(parts) / GIB:.2f}** |")
+  largest = max(phases(parts).items(), key=lambda kv: kv[1], default=("none", 0))[0]
+  lines.append(f"| **peak (params + states + the largest phase: {largest})** | "
+               f"**{peak(parts) / GIB:.2f}** |")
   if hbm_gib:
     lines.append(f"| HBM | {hbm_gib} |")
   return "\n".join(lines)

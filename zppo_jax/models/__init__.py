@@ -37,6 +37,9 @@ class Family(Protocol):
   CACHE_LOGICAL_AXES: Any
   Layout: Any   # (attention, mesh, batch_axes): how hidden_states' layers run on a mesh
   REMAT_POLICIES: Any
+  # module: train_step(config, rows, length, ...) and prefill(config, rows, length, dtype),
+  # the activations' bytes on a device (zppo_jax.memory)
+  activations: Any
   # images and video: input embeddings with the vision tokens placed, multimodal positions
   def multimodal_embeddings(self, config, params, input_ids, pixel_values=None,
                             image_grid_thw=None, pixel_values_videos=None,

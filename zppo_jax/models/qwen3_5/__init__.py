@@ -19,7 +19,7 @@ from zppo_jax.models.qwen3_5.params import init as init_params
 from zppo_jax.models.qwen3_5.params import logical_axes, param_specs
 from zppo_jax.models.qwen3_5.params import shapes as param_shapes
 from zppo_jax.models.qwen3_5.params import shardings as param_shardings
-from zppo_jax.models.qwen3_5 import presets
+from zppo_jax.models.qwen3_5 import activations, presets
 from zppo_jax.models.qwen3_5.multimodal import embed as multimodal_embeddings
 from zppo_jax.models.qwen3_5.multimodal import inputs as multimodal_inputs
 from zppo_jax.models.qwen3_5.multimodal import place as multimodal_place
