@@ -308,7 +308,10 @@ def test_train_step_activations_hand_counted():
       logprob_chunk=chunk)
   tokens = rows * length
   states = rows * 4 * 4 * 16 * 8 * 4           # ceil(100 / 32) = 4 chunks, float32
-  block = tokens * (2 * (5 * 96 + 9 * 64) * c + 6 * 4 * 8 * 4) + states
+  # a token: 2 layers x (3.5 MLP [96] + 5.25 [64]) tensors, and the Gated DeltaNet layer's
+  # 7/3 [conv_dim = 2 * 32 + 32] ones, 19/3 float32 and 14/3 bfloat16 [H_v * d_v = 32] ones
+  per_token = 2 * (3.5 * 96 + 5.25 * 64) * c + 7 / 3 * 96 * c + 32 * (19 / 3 * 4 + 14 / 3 * c)
+  block = int(tokens * per_token) + states
   saved = 2 * tokens * 64 * c                   # 2 blocks' inputs
   head = tokens * 64 * 4 + 3 * rows * 8 * 1000 * 4
   assert block > head

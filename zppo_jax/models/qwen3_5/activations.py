@@ -35,20 +35,25 @@ def _delta_states(config: Qwen3_5Config, rows: int, length: int, chunk: int) -> 
 def train_step(config: Qwen3_5Config, rows: int, length: int, *, compute_dtype, remat: str,
                delta_chunk: int, logprob_chunk: int) -> int:
   """The gradient program's activations. With `remat="full"` each block's input is kept
-  (compute dtype) and one block at a time is recomputed for its backward pass, which holds,
-  per layer, five [T, intermediate] MLP tensors (gate, up, their product and two
-  gradients) and nine [T, hidden] ones (normed inputs, projections, residual gradients),
-  and per Gated DeltaNet layer six float32 [T, H_v * d_v] tensors of the chunked rule and
-  its per-chunk states. The head's loop holds instead the final hidden states' float32
-  gradient and three float32 [chunk, vocab] logit tensors a row (logits, softmax,
-  gradient); the larger of the two is the peak. Without remat ("none", and "dots" counted
-  as it: an upper bound) every block's working set is kept."""
+  (compute dtype) and one block at a time is recomputed for its backward pass. What that
+  holds, a token, as the 0.8B's and 2B's buffer lists give it for a block of 3 Gated
+  DeltaNet layers and 1 attention layer: 3.5 [intermediate] MLP tensors a layer (gate, up,
+  their product, gradients), 5.25 [hidden] ones a layer (normed inputs, residual
+  gradients), and a Gated DeltaNet layer 7/3 [conv_dim] ones (its q, k, v projection and
+  convolution), 19/3 float32 and 14/3 compute-dtype [H_v * d_v] ones (the chunked rule's
+  tensors), and its float32 states at the start of each chunk. The head's loop holds
+  instead the final hidden states' float32 gradient and three float32 [chunk, vocab] logit
+  tensors a row (logits, softmax, gradient); the larger of the two is the peak. Without
+  remat ("none", and "dots" counted as it: an upper bound) every block's working set is
+  kept."""
   c = jnp.dtype(compute_dtype).itemsize
   d, f = config.hidden_size, config.intermediate_size
   period, linear, blocks = _layers(config)
   tokens = rows * length
-  block = (tokens * (period * (5 * f + 9 * d) * c + linear * 6 * config.linear_value_dim * 4)
-           + linear * _delta_states(config, rows, length, delta_chunk))
+  per_token = (period * (3.5 * f + 5.25 * d) * c
+               + linear * (7 / 3 * config.linear_conv_dim * c
+                           + config.linear_value_dim * (19 / 3 * 4 + 14 / 3 * c)))
+  block = int(tokens * per_token) + linear * _delta_states(config, rows, length, delta_chunk)
   head = tokens * d * 4 + 3 * rows * logprob_chunk * config.vocab_size * 4
   if remat == "full":
     return blocks * tokens * d * c + max(block, head)
