@@ -24,11 +24,12 @@ LIVE = {"train_step": ("student params", "gradients", "optimizer state",
                        "sampling copy (compute dtype)", "reference params", "teacher params",
                        "train step activations"),
         "student_prefill": ("rollout cache (original)", "prefill activations (original)"),
-        "student_decode": ("rollout cache (original)",),
+        "student_decode": ("rollout cache (original)", "relaid-out weights (student decode, TPU)"),
         "student_bcq_ncq_prefill": ("rollout cache (BCQ/NCQ)", "prefill activations (BCQ/NCQ)"),
-        "student_bcq_ncq_decode": ("rollout cache (BCQ/NCQ)",),
+        "student_bcq_ncq_decode": ("rollout cache (BCQ/NCQ)",
+                                   "relaid-out weights (student decode, TPU)"),
         "teacher_prefill": ("teacher rollout cache", "teacher prefill activations"),
-        "teacher_decode": ("teacher rollout cache",)}
+        "teacher_decode": ("teacher rollout cache", "relaid-out weights (teacher decode, TPU)")}
 STATE = ("student params", "optimizer state", "sampling copy (compute dtype)",
          "reference params", "teacher params")
 
@@ -52,6 +53,11 @@ def run_config_of(run: str, overrides) -> tuple:
       node = node[name]
     node[leaf] = type(node[leaf])(value)
   return config, topology
+
+
+def platform_of(topology: str) -> str:
+  """memory.py's platform of a TPU topology name (v5p:4x4x2 -> tpu_v5p)."""
+  return "tpu_" + topology.split(":")[0]
 
 
 def compare(run: str, report: dict, parts: dict) -> list[str]:
@@ -80,8 +86,9 @@ def main(argv):
   for path in args.compare:
     with open(path) as f:
       for run, report in json.load(f).items():
-        config, _ = run_config_of(run, args.override or report.get("overrides", ()))
-        print("\n".join(compare(run, report, memory.estimate(config, report["devices"]))))
+        config, topology = run_config_of(run, args.override or report.get("overrides", ()))
+        parts = memory.estimate(config, report["devices"], platform=platform_of(topology))
+        print("\n".join(compare(run, report, parts)))
   if args.runs and not args.out:
     parser.error("--runs needs --out")
   programs = [name for item in args.programs for name in item.split(",") if name]
@@ -90,7 +97,7 @@ def main(argv):
     config, topology = run_config_of(run, args.override)
     log = lambda m, run=run: print(f"{run}: {m}", file=sys.stderr, flush=True)
     report = aot.run(config, topology, only=programs, log=log)
-    parts = memory.estimate(config, report["devices"])
+    parts = memory.estimate(config, report["devices"], platform=platform_of(topology))
     report.update(overrides=list(args.override), memory_py=parts)
     results[run] = report
     print(aot.table(report), flush=True)

@@ -287,6 +287,13 @@ def test_memory_estimate_divides_by_the_mesh():
                                         + one["prefill activations (BCQ/NCQ)"])
   assert memory.peak(one) == (sum(v for k, v in one.items() if k not in memory.PHASES)
                               + max(phases.values()))
+  # on a TPU, the decode loops' copies of weights whose split features are not a multiple
+  # of 128 lanes (the tiny model's on 4 devices: all of them), in every sampling phase
+  tpu = memory.estimate(c, 4, platform="tpu_v5p")
+  copies = tpu["relaid-out weights (student decode, TPU)"]
+  assert copies > 0 and "relaid-out weights (student decode, TPU)" not in four
+  assert memory.phases(tpu)["BCQ/NCQ rollouts"] == memory.phases(four)["BCQ/NCQ rollouts"] + copies
+  assert memory.phases(tpu)["update"] == memory.phases(four)["update"]
   with pytest.raises(ValueError, match=r"mesh shape \[1, 4, -1\] does not divide 6 devices"):
     memory.abstract_mesh((1, 4, -1), 6)
 

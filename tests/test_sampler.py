@@ -201,6 +201,20 @@ def test_sharded_generation_matches_one_device(periodic):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_relaid_out_bytes_are_the_copies_xla_makes_for_the_27b_decode():
+  """The 27B teacher on 32 chips in the sampler's layout: XLA's TPU buffer assignment of its
+  decode loop copies these stacks (local shapes), each padded to 128 lanes: [48, 5120, 544]
+  gate and up, [48, 5120, 320] q/k/v, [48, 5120, 192] z, [16, 5120, 544] gate and up,
+  [16, 5120, 32] k and v; not the conv kernels nor the stacks split along another dim."""
+  mesh = jax.sharding.AbstractMesh((1, 32, 1), sharding.MESH_AXES)
+  teacher = sampler.Sampler(qwen3_5.presets.config("27b"), mesh=mesh)
+  lanes = lambda layers, width: layers * 5120 * width * 2      # bfloat16
+  assert teacher.relaid_out_bytes(jnp.bfloat16) == (
+      2 * lanes(48, 640) + lanes(48, 384) + lanes(48, 256) + 2 * lanes(16, 640)
+      + 2 * lanes(16, 128))
+  assert sampler.Sampler(qwen3_5.presets.config("27b")).relaid_out_bytes() == 0  # no mesh
+
+
 def test_decode_keeps_the_weights_in_place_on_an_fsdp_mesh(tmp_path):
   """The sampler's params are split over every device along their features, embed whole
   (`sampler.decode_rules`), and a decode step multiplies by the slices where they lie:

@@ -15,7 +15,6 @@ state plus the largest phase.
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -32,13 +31,16 @@ from zppo_jax.sampler import Sampler
 GIB = 2**30
 # the chat template's tokens around a question (the tiny template's count as a bound)
 PROMPT_OVERHEAD = 32
-# what lives only in one phase of a step, one phase at a time: {part: phase}
+# what lives only in one phase of a step, one phase at a time: {part: phases}
+STUDENT_CALLS = ("student rollouts", "BCQ/NCQ rollouts")
 PHASES = {"rollout cache (original)": "student rollouts",
           "prefill activations (original)": "student rollouts",
           "rollout cache (BCQ/NCQ)": "BCQ/NCQ rollouts",
           "prefill activations (BCQ/NCQ)": "BCQ/NCQ rollouts",
           "teacher rollout cache": "teacher rollouts",
           "teacher prefill activations": "teacher rollouts",
+          "relaid-out weights (student decode, TPU)": STUDENT_CALLS,
+          "relaid-out weights (teacher decode, TPU)": "teacher rollouts",
           "scoring activations": "scoring",
           "train step activations": "update"}
 # HBM per device of the platforms in run_config.MESHES.
@@ -85,21 +87,17 @@ def _call(mcfg, mesh, rules, prompts: int, prompt_len: int, new: int, samples: i
   of the prompt rows)."""
   sampler = Sampler(mcfg, mesh=mesh, rules=rules)
   rows, slots, _ = sampler.shapes(prompts, prompt_len, new)
-  per_device = -(-rows // _batch_devices(mesh, rules))
   return (sampler.cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16),
-          models.of(mcfg).activations.prefill(mcfg, per_device, slots, jnp.bfloat16))
-
-
-def _batch_devices(mesh, rules) -> int:
-  """Devices a batch's rows are split over."""
-  axes = ts.batch_sharding(mesh, rules).spec[0] or ()
-  axes = (axes,) if isinstance(axes, str) else axes
-  return math.prod(mesh.shape[a] for a in axes)
+          models.of(mcfg).activations.prefill(mcfg, rows // sampler.batch_shards, slots,
+                                              jnp.bfloat16))
 
 
 def estimate(config, devices: int, student_size: str | None = None,
-             teacher_size: str | None = None) -> dict[str, int]:
-  """Per-device bytes of each part of a run (see the module docstring)."""
+             teacher_size: str | None = None, platform: str | None = None) -> dict[str, int]:
+  """Per-device bytes of each part of a run (see the module docstring); on a TPU `platform`
+  (`HBM_GIB`'s tpu_*) also the weight copies XLA makes for a decode loop
+  (`Sampler.relaid_out_bytes`)."""
+  tpu = (platform or "").startswith("tpu")
   mesh = abstract_mesh(config.mesh.shape, devices)
   rules = sharding.resolve(config.mesh.get("rules"))
   student = model_config(config.model.family, config.student.path, student_size,
@@ -118,7 +116,7 @@ def estimate(config, devices: int, student_size: str | None = None,
     out["reference params"] = master
   method = methods.get(config.method)
   train = config.train
-  rows = -(-train.chunk_rows // _batch_devices(mesh, rules))   # a chunk's rows on a device
+  rows = -(-train.chunk_rows // sharding.shard_count("batch", mesh, rules))  # on a device
   length = learner.longest_chunk(config, method, student, PROMPT_OVERHEAD)
   out["train step activations"] = models.of(student).activations.train_step(
       student, rows, length, compute_dtype=compute, remat=train.remat,
@@ -136,6 +134,9 @@ def estimate(config, devices: int, student_size: str | None = None,
     out["rollout cache (BCQ/NCQ)"], out["prefill activations (BCQ/NCQ)"] = _call(
         student, mesh, rules, prompts, zppo_cfg.max_prompt_tokens, rollout_cfg.max_new_tokens,
         rollout_cfg.group_size)
+  if tpu:
+    out["relaid-out weights (student decode, TPU)"] = Sampler(
+        student, mesh=mesh, rules=rules).relaid_out_bytes(compute)
   if config.teacher.source == "model":
     teacher = model_config(config.model.family, config.teacher.path, teacher_size,
                            "teacher")
@@ -150,15 +151,19 @@ def estimate(config, devices: int, student_size: str | None = None,
       out["teacher rollout cache"], out["teacher prefill activations"] = _call(
           teacher, mesh, rules, questions, 512, config.teacher.max_new_tokens,
           config.teacher.num_rollouts)
+      if tpu:
+        out["relaid-out weights (teacher decode, TPU)"] = Sampler(
+            teacher, mesh=mesh, rules=rules).relaid_out_bytes(dtype)
   return out
 
 
 def phases(parts: dict[str, int]) -> dict[str, int]:
   """Bytes of each phase of a step (`PHASES`): one sampler call, or the update."""
   out = {}
-  for part, phase in PHASES.items():
-    if part in parts:
-      out[phase] = out.get(phase, 0) + parts[part]
+  for part, named in PHASES.items():
+    for phase in (named,) if isinstance(named, str) else named:
+      if part in parts:
+        out[phase] = out.get(phase, 0) + parts[part]
   return out
 
 
@@ -183,7 +188,7 @@ def table(parts: dict[str, int], hbm_gib: float | None = None) -> str:
 def main(argv):
   del argv
   f = flags.FLAGS
-  parts = estimate(f.config, f.devices, f.student_size, f.teacher_size)
+  parts = estimate(f.config, f.devices, f.student_size, f.teacher_size, f.platform)
   print(table(parts, HBM_GIB.get(f.platform)))
 
 
@@ -194,6 +199,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("devices", None, "Devices (chips / GPUs) of the whole run.")
   flags.DEFINE_string("student_size", None, "Official shapes instead of config.json.")
   flags.DEFINE_string("teacher_size", None, "Official shapes instead of config.json.")
-  flags.DEFINE_enum("platform", None, sorted(HBM_GIB), "Compare with its HBM.")
+  flags.DEFINE_enum("platform", None, sorted(HBM_GIB),
+                    "Compare with its HBM (on TPU, also count the decode loops' weight copies).")
   flags.mark_flags_as_required(["config", "devices"])
   app.run(main, flags_parser=run_config.parse_flags)
