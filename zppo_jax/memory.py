@@ -8,9 +8,11 @@ and sharding rules (an abstract mesh: no device is needed): the student's master
 their gradients and the optimizer state, the compute-dtype copy the sampler runs on, the
 reference and teacher params (a sampled teacher's, and the sampling copy, laid out as the
 sampler takes them); and what lives in one phase of a step at a time: each sampler call's
-rollout cache with its prefill's activations, and the train step's activations for a chunk
-of the longest length bucket (the model family's `activations` count). The peak is the
-state plus the largest phase.
+rollout cache with its prefill's activations (on TPU, `--platform tpu_*`, with the weight
+copies XLA makes for a decode loop), a scoring teacher's forward, and the train step's
+activations for a chunk of the longest length bucket (the model family's `activations`
+count). The peak is the state plus the largest phase. benchmarks/RESULTS.md compares the
+counts with XLA's own figures for TPU slices (`python -m zppo_jax.aot`).
 """
 
 from __future__ import annotations
