@@ -61,9 +61,7 @@ def test_the_programs_compile_for_the_slice_on_the_runs_mesh(report):
   assert not [s for s in sources if "_take" in s], sources
   # memory.py's hand count of the step (the state and the activations, `activations.py`)
   # is near XLA's; RESULTS.md compares them at real scale for every size
-  parts = aot.memory.estimate(config, 4)
-  counted = sum(v for k, v in parts.items() if k not in aot.memory.PHASES) + aot.memory.phases(
-      parts)["update"]
+  counted = aot.memory.during(aot.memory.estimate(config, 4), "update")
   assert 0.7 < step["bytes_per_device"] / counted < 1.3
   update = r["programs"]["optimizer_update"]
   assert update["resident_beside_bytes"] == sum(

@@ -76,18 +76,19 @@ def _params(mcfg, dtype, mesh, rules):
                                    model.param_shardings(mcfg, mesh, rules))
 
 
-def _sampling_params(mcfg, dtype, mesh, rules):
+def _sampling_params(sampler: Sampler, dtype) -> int:
   """Params in the layout a sampler takes them (`sampler.decode_rules`: split over every
   device, embed whole)."""
+  mcfg = sampler.config
   return sharding.bytes_per_device(models.of(mcfg).param_shapes(mcfg, dtype),
-                                   Sampler(mcfg, mesh=mesh, rules=rules).param_shardings)
+                                   sampler.param_shardings)
 
 
-def _call(mcfg, mesh, rules, prompts: int, prompt_len: int, new: int, samples: int
+def _call(sampler: Sampler, prompts: int, prompt_len: int, new: int, samples: int
           ) -> tuple[int, int]:
   """A sampler call's own bytes: (its cache, its prefill's activations on a device's share
   of the prompt rows)."""
-  sampler = Sampler(mcfg, mesh=mesh, rules=rules)
+  mcfg = sampler.config
   rows, slots, _ = sampler.shapes(prompts, prompt_len, new)
   return (sampler.cache_bytes(prompts, prompt_len, new, samples, jnp.bfloat16),
           models.of(mcfg).activations.prefill(mcfg, rows // sampler.batch_shards, slots,
@@ -113,7 +114,8 @@ def estimate(config, devices: int, student_size: str | None = None,
   out = {"student params": master, "gradients": master,  # gradients: like the params
          "optimizer state": sharding.bytes_per_device(jax.eval_shape(optimizer.init, params),
                                                       state.opt_state)}
-  out["sampling copy (compute dtype)"] = _sampling_params(student, compute, mesh, rules)
+  sampler = Sampler(student, mesh=mesh, rules=rules)
+  out["sampling copy (compute dtype)"] = _sampling_params(sampler, compute)
   if config.train.loss.beta:
     out["reference params"] = master
   method = methods.get(config.method)
@@ -128,35 +130,40 @@ def estimate(config, devices: int, student_size: str | None = None,
   rollout_cfg, zppo_cfg = config.rollout, config.zppo
   # The prompt of an original question is short; BCQ/NCQ prompts go up to max_prompt_tokens.
   out["rollout cache (original)"], out["prefill activations (original)"] = _call(
-      student, mesh, rules, questions, 512, rollout_cfg.max_new_tokens, rollout_cfg.group_size)
+      sampler, questions, 512, rollout_cfg.max_new_tokens, rollout_cfg.group_size)
   if zppo_cfg.bcq or zppo_cfg.ncq:
     # as many prompts as the hard questions can make (the run's fixed call shape)
     prompts = max(stages.sample_shapes(config.questions_per_step, config.buffer, zppo_cfg,
                                        True, 0, 0)["reformulated"]["rows"])
     out["rollout cache (BCQ/NCQ)"], out["prefill activations (BCQ/NCQ)"] = _call(
-        student, mesh, rules, prompts, zppo_cfg.max_prompt_tokens, rollout_cfg.max_new_tokens,
+        sampler, prompts, zppo_cfg.max_prompt_tokens, rollout_cfg.max_new_tokens,
         rollout_cfg.group_size)
   if tpu:
-    out["relaid-out weights (student decode, TPU)"] = Sampler(
-        student, mesh=mesh, rules=rules).relaid_out_bytes(compute)
+    out["relaid-out weights (student decode, TPU)"] = sampler.relaid_out_bytes(compute)
   if config.teacher.source == "model":
     teacher = model_config(config.model.family, config.teacher.path, teacher_size,
                            "teacher")
     dtype = jnp.dtype(config.teacher.dtype)
-    out["teacher params"] = (_params(teacher, dtype, mesh, rules)
-                             if method.teacher == methods.LOGPROBS
-                             else _sampling_params(teacher, dtype, mesh, rules))
     if method.teacher == methods.LOGPROBS:   # it scores the chunks: a forward at a time
+      out["teacher params"] = _params(teacher, dtype, mesh, rules)
       out["scoring activations"] = models.of(teacher).activations.prefill(teacher, rows,
                                                                           length, dtype)
     else:
+      teacher_sampler = Sampler(teacher, mesh=mesh, rules=rules)
+      out["teacher params"] = _sampling_params(teacher_sampler, dtype)
       out["teacher rollout cache"], out["teacher prefill activations"] = _call(
-          teacher, mesh, rules, questions, 512, config.teacher.max_new_tokens,
+          teacher_sampler, questions, 512, config.teacher.max_new_tokens,
           config.teacher.num_rollouts)
       if tpu:
-        out["relaid-out weights (teacher decode, TPU)"] = Sampler(
-            teacher, mesh=mesh, rules=rules).relaid_out_bytes(dtype)
+        out["relaid-out weights (teacher decode, TPU)"] = teacher_sampler.relaid_out_bytes(
+            dtype)
   return out
+
+
+def during(parts: dict[str, int], phase: str) -> int:
+  """Bytes a device holds during one phase (`PHASES`): what lives throughout, and it."""
+  return (sum(v for k, v in parts.items() if k not in PHASES)
+          + phases(parts).get(phase, 0))
 
 
 def phases(parts: dict[str, int]) -> dict[str, int]:
@@ -172,8 +179,7 @@ def phases(parts: dict[str, int]) -> dict[str, int]:
 def peak(parts: dict[str, int]) -> int:
   """The phases come one at a time (one sampler call after another, then the update); the
   rest lives throughout."""
-  return (sum(v for k, v in parts.items() if k not in PHASES)
-          + max(phases(parts).values(), default=0))
+  return max((during(parts, phase) for phase in phases(parts)), default=during(parts, ""))
 
 
 def table(parts: dict[str, int], hbm_gib: float | None = None) -> str:
